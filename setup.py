@@ -9,9 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["taidpt", "taidpt.*"]),
-    py_modules=["train"],
     include_package_data=True,
-    package_data={"taidpt": ["datasets/data/*", "configs/**/*.yaml"]},
+    package_data={"taidpt": ["datasets/data/*", "datasets/synthetic/*.json"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -32,7 +31,7 @@ setup(
     extras_require={"dev": ["pytest", "pytest-timeout"]},
     entry_points={
         "console_scripts": [
-            "taidpt-train=train:main",
+            "taidpt-train=taidpt.train_cli:main",
             "taidpt=taidpt.cli:main",
         ]
     },

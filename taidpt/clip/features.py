@@ -83,12 +83,14 @@ def _vit_features(model: CLIP, images: torch.Tensor) -> Tuple[torch.Tensor, torc
     return cls, dense
 
 
-def dense_image_features(model: CLIP, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def dense_image_features(model: CLIP, images: torch.Tensor,
+                         global_positional: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Images ``B x 3 x H x W`` -> (global ``B x D``, dense ``HW x B x D``), not normalised.
 
     ResNet (SPEC 3): dense = ``c_proj(v_proj(F_hw))`` at every position; global = attention pool
-    without positional embedding. ViT: global = CLS token; dense = the last block's value path of
-    the patch tokens through ``ln_post`` and ``proj``. Any input size works.
+    without positional embedding (TaI-DPT), or with it (``global_positional``: stock CLIP, as the
+    zero-shot baseline uses). ViT: global = CLS token; dense = the last block's value path of the
+    patch tokens through ``ln_post`` and ``proj``. Any input size works.
     """
     if not is_resnet(model):
         return _vit_features(model, images)
@@ -96,7 +98,7 @@ def dense_image_features(model: CLIP, images: torch.Tensor) -> Tuple[torch.Tenso
     pool = model.visual.attnpool
     x = fmap.flatten(2).permute(2, 0, 1)
     dense = pool.c_proj(pool.v_proj(x))
-    return attnpool_global(model, fmap, use_positional=False), dense
+    return attnpool_global(model, fmap, use_positional=global_positional), dense
 
 
 def encode_image(model: CLIP, images: torch.Tensor) -> torch.Tensor:

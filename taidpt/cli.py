@@ -1,0 +1,50 @@
+"""The ``taidpt`` command: ``train`` (= train.py), ``prepare`` (caption caches), ``synthetic``
+(the embedded synthetic world and its tiny CLIP) and ``list`` (registered names)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from taidpt.engine.utils import setup_logger
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    import taidpt.config  # noqa: F401 - registers trainers and datasets
+    from taidpt.engine.registry import DATASET_REGISTRY, EVALUATOR_REGISTRY, TRAINER_REGISTRY
+
+    for registry in (TRAINER_REGISTRY, DATASET_REGISTRY, EVALUATOR_REGISTRY):
+        aliases = registry.aliases()
+        print(f"{registry.name.lower()}s:")
+        for name in registry.registered_names():
+            extra = sorted(a for a, target in aliases.items() if target == name)
+            print(f"  {name}" + (f"  (aliases: {', '.join(extra)})" if extra else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from taidpt.datasets import prepare_cli
+    from taidpt.datasets.synthetic import cli as synthetic_cli
+
+    parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train / evaluate (same flags as train.py)", add_help=False)
+    train.set_defaults(func=None)
+    prepare_cli.add_parser(sub)
+    synthetic_cli.add_parser(sub)
+    sub.add_parser("list", help="list registered trainers, datasets and evaluators").set_defaults(func=_run_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from taidpt.train_cli import main as train_main
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logger()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

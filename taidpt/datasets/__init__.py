@@ -1,0 +1,4 @@
+"""Datasets: importing this package registers them all in ``DATASET_REGISTRY``."""
+from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem, build_dataset, label_matrix
+
+__all__ = ["DATASET_REGISTRY", "DatasetBase", "ImageItem", "build_dataset", "label_matrix"]

@@ -1,0 +1,319 @@
+"""Trainer life cycle with Dassl's method names (``TrainerBase`` -> ``SimpleTrainer``)."""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from taidpt.engine.checkpoint import load_checkpoint, resume_from_checkpoint, save_checkpoint
+from taidpt.engine.data import DataManager
+from taidpt.engine.evaluator import build_evaluator
+from taidpt.engine.utils import MetricMeter
+
+logger = logging.getLogger(__name__)
+
+
+class TrainerBase:
+    """Registered models with their optimisers and schedulers, checkpoints, the epoch loop."""
+
+    ignored_checkpoint_keys: Tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
+        self._optims: "OrderedDict[str, Optional[torch.optim.Optimizer]]" = OrderedDict()
+        self._scheds: "OrderedDict[str, Optional[object]]" = OrderedDict()
+        self._writer = None
+        self.epoch = 0
+        self.start_epoch = 0
+        self.max_epoch = 0
+
+    # --- models -------------------------------------------------------------------------
+    def register_model(self, name: str, model: nn.Module, optim=None, sched=None) -> None:
+        if name in self._models:
+            raise KeyError(f"Model {name!r} is already registered")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: Optional[Sequence[str]] = None) -> List[str]:
+        if names is None:
+            return list(self._models)
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name not in self._models:
+                raise KeyError(f"No registered model {name!r}; registered: {list(self._models)}")
+        return names
+
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        for name in self.get_model_names(names):
+            self._models[name].train(mode == "train")
+
+    def update_lr(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def get_current_lr(self, names=None) -> float:
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"Loss is {loss.item()} at epoch {self.epoch + 1}: lower OPTIM.LR "
+                                     "or check the inputs")
+
+    def model_zero_grad(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_model(self, epoch: int, directory: str, is_best: bool = False,
+                   val_result: Optional[float] = None) -> None:
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            save_checkpoint({"state_dict": self._models[name].state_dict(), "epoch": epoch + 1,
+                             "optimizer": optim.state_dict() if optim is not None else None,
+                             "scheduler": sched.state_dict() if sched is not None else None,
+                             "val_result": val_result},
+                            os.path.join(directory, name), is_best=is_best)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        names = self.get_model_names()
+        if not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+            return 0
+        logger.info("Found checkpoints in %s: resuming", directory)
+        start = 0
+        for name in names:
+            start = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
+                                           self._optims[name], self._scheds[name])
+        return start
+
+    def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
+        folder = os.path.join(directory, name)
+        if epoch is not None:
+            return os.path.join(folder, f"model.pth.tar-{epoch}")
+        best = os.path.join(folder, "model-best.pth.tar")
+        pointer = os.path.join(folder, "checkpoint")
+        if not os.path.isfile(best) and os.path.isfile(pointer):
+            with open(pointer) as f:
+                latest = os.path.join(folder, f.read().strip())
+            logger.info("No model-best.pth.tar in %s: loading the latest checkpoint %s", folder, latest)
+            return latest
+        return best
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load every registered model from ``directory/<name>/`` (``model-best.pth.tar``, else the
+        latest checkpoint; or ``model.pth.tar-<epoch>``), dropping ``ignored_checkpoint_keys``."""
+        for name in self.get_model_names():
+            path = self._checkpoint_path(directory, name, epoch)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"No checkpoint at {path}. --model-dir must be the OUTPUT_DIR of a training run "
+                    f"(holding {name}/model.pth.tar-<epoch>); pass --load-epoch to pick an epoch.")
+            checkpoint = load_checkpoint(path)
+            state = {k: v for k, v in checkpoint["state_dict"].items()
+                     if k not in self.ignored_checkpoint_keys}
+            own = self._models[name].state_dict()
+            for key, value in state.items():
+                if key in own and own[key].shape != value.shape:
+                    raise ValueError(
+                        f"Checkpoint {path} has {key} of shape {tuple(value.shape)} but the model "
+                        f"expects {tuple(own[key].shape)}: the checkpoint was trained with another "
+                        "context size / class-specific setting (N_CTX, CSC) or class count.")
+            missing, unexpected = self._models[name].load_state_dict(state, strict=False)
+            missing = [k for k in missing if k not in self.ignored_checkpoint_keys]
+            if missing or unexpected:
+                raise KeyError(f"Checkpoint {path} does not match model {name!r}: missing {missing}, "
+                               f"unexpected {unexpected}")
+            logger.info("Loaded %s from %s (epoch %s)", name, path, checkpoint.get("epoch"))
+
+    # --- TensorBoard ----------------------------------------------------------------------
+    def init_writer(self, log_dir: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    # --- loop -----------------------------------------------------------------------------
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None: ...
+    def after_train(self) -> None: ...
+    def before_epoch(self) -> None: ...
+    def after_epoch(self) -> None: ...
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def forward_backward(self, batch) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, inputs):
+        raise NotImplementedError
+
+    def test(self, split: Optional[str] = None):
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """Dassl's ``SimpleTrainer``: config, data, model, evaluator; one train loader."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
+        self.output_dir = cfg.OUTPUT_DIR
+        self.start_epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.best_result = -float("inf")
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, merge_rate=self.merge_rate())
+
+    @staticmethod
+    def extend_cfg(cfg) -> None:
+        """Add ``cfg.TRAINER.<NAME_UPPER>``; default: nothing."""
+
+    def check_cfg(self, cfg) -> None:
+        """Validate the config before anything is built; default: nothing."""
+
+    def merge_rate(self) -> float:
+        return 0.5
+
+    def build_data_loader(self) -> None:
+        self.dm = DataManager(self.cfg)
+        self.dataset = self.dm.dataset
+        self.train_loader_x = self.dm.train_loader_x
+        self.val_loader = self.dm.val_loader
+        self.test_loader = self.dm.test_loader
+        self.num_classes = self.dm.num_classes
+        self.classnames = self.dm.classnames
+        self.lab2cname = self.dm.lab2cname
+
+    def build_model(self) -> None:
+        raise NotImplementedError
+
+    def train(self) -> None:  # noqa: D102 - Dassl signature
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+
+    def after_train(self) -> None:
+        logger.info("Finished training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                logger.info("Deploying the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                logger.info("Deploying the last-epoch model")
+            self.test()
+        elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
+        logger.info("Elapsed: %s", elapsed)
+        self.close_writer()
+
+    def after_epoch(self) -> None:
+        last_epoch = self.epoch + 1 == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
+            result = self.test(split="val")["mAP"]
+            if result > self.best_result:
+                self.best_result = result
+                self.save_model(self.epoch, self.output_dir, is_best=True, val_result=result)
+        if last_epoch or (freq > 0 and (self.epoch + 1) % freq == 0):
+            self.save_model(self.epoch, self.output_dir)
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        meter = MetricMeter()
+        loader = self.train_loader_x
+        if loader is None:
+            raise RuntimeError(f"Dataset {self.cfg.DATASET.NAME} has no training data for trainer "
+                               f"{self.cfg.TRAINER.NAME}")
+        num_batches = len(loader)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False, disable=None)
+        start = time.time()
+        for self.batch_idx, batch in enumerate(bar):
+            meter.update(self.forward_backward(batch))
+            step = self.epoch * num_batches + self.batch_idx
+            for name, m in meter.meters.items():
+                self.write_scalar(f"train/{name}", m.val, step)
+            self.write_scalar("train/lr", self.get_current_lr(), step)
+            if (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0 or self.batch_idx + 1 == num_batches:
+                left = (num_batches - self.batch_idx - 1) + (self.max_epoch - self.epoch - 1) * num_batches
+                eta = datetime.timedelta(seconds=int((time.time() - start) / (self.batch_idx + 1) * left))
+                logger.info("epoch [%d/%d] batch [%d/%d] %s lr %.4e eta %s", self.epoch + 1,
+                            self.max_epoch, self.batch_idx + 1, num_batches, meter,
+                            self.get_current_lr(), eta)
+        self.update_lr()
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, inputs):
+        return self.model(inputs)
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> Dict[str, float]:
+        """Evaluate on ``split`` (default ``TEST.SPLIT``): val or test."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        loader = self.val_loader if split == "val" else self.test_loader
+        logger.info("Evaluate on the *%s* set", split)
+        for batch in tqdm(loader, desc=f"test ({split})", leave=False, disable=None):
+            inputs, labels = self.parse_batch_test(batch)
+            self.evaluator.process(self.model_inference(inputs), labels)
+        results = self.evaluator.evaluate()
+        for key, value in results.items():
+            self.write_scalar(f"{split}/{key}", value, self.epoch)
+        return results

@@ -1,0 +1,69 @@
+"""Small engine utilities: seeding, running averages, logging set-up."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from collections import defaultdict
+from typing import Dict
+
+import numpy as np
+import torch
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+class AverageMeter:
+    def __init__(self) -> None:
+        self.sum = 0.0
+        self.count = 0
+        self.val = 0.0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.val = float(value)
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+class MetricMeter:
+    """Running averages of named scalars, printed as ``name val (avg)``."""
+
+    def __init__(self) -> None:
+        self.meters: Dict[str, AverageMeter] = defaultdict(AverageMeter)
+
+    def update(self, values: Dict[str, float]) -> None:
+        for name, value in values.items():
+            self.meters[name].update(value.item() if torch.is_tensor(value) else value)
+
+    def __str__(self) -> str:
+        return " ".join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in self.meters.items())
+
+
+def setup_logger(output_dir: str = "", level: int = logging.INFO) -> logging.Logger:
+    """Log ``taidpt.*`` to stdout and, when ``output_dir`` is given, to ``output_dir/log.txt``."""
+    logger = logging.getLogger("taidpt")
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a")
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    return logger

@@ -1,0 +1,2 @@
+"""Trainers: one file per method; importing this package registers them all."""
+from taidpt.trainers import zsclip  # noqa: F401

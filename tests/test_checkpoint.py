@@ -1,0 +1,137 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from taidpt.engine.checkpoint import (atomic_write, load_checkpoint, load_pretrained_weights,
+                                      resume_from_checkpoint, save_checkpoint,
+                                      strip_module_prefix)
+from taidpt.engine.defaults import get_engine_defaults
+from taidpt.engine.optim import build_lr_scheduler, build_optimizer
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    cfg = get_engine_defaults().OPTIM.clone()
+    cfg.merge_from_list(["LR", 0.1, "MAX_EPOCH", 6, "WARMUP_EPOCH", 1, "WARMUP_TYPE", "constant",
+                         "WARMUP_CONS_LR", 0.01])
+    optimizer = build_optimizer(model, cfg)
+    return model, optimizer, build_lr_scheduler(optimizer, cfg)
+
+
+def _train(model, optimizer, scheduler, epochs):
+    inputs = torch.linspace(-1, 1, 20).reshape(5, 4)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        model(inputs).pow(2).sum().backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def _state(model, optimizer, scheduler, epoch):
+    return {"state_dict": model.state_dict(), "epoch": epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def test_save_writes_files_atomically(tmp_path):
+    model, optimizer, scheduler = _setup()
+    path = save_checkpoint(_state(model, optimizer, scheduler, 3), tmp_path / "run", is_best=True)
+    run = tmp_path / "run"
+    assert path == str(run / "model.pth.tar-3")
+    assert sorted(os.listdir(run)) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-3"]
+    assert (run / "checkpoint").read_text() == "model.pth.tar-3\n"
+    assert (run / "model-best.pth.tar").read_bytes() == (run / "model.pth.tar-3").read_bytes()
+
+    save_checkpoint(_state(model, optimizer, scheduler, 4), run)
+    assert (run / "checkpoint").read_text() == "model.pth.tar-4\n"
+    assert sorted(os.listdir(run)) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-3",
+                                       "model.pth.tar-4"]
+
+
+def test_save_strips_module_prefix_without_touching_the_input(tmp_path):
+    weight = torch.ones(2)
+    state = {"state_dict": {"module.ctx": weight, "temperature": torch.tensor(3.0)}, "epoch": 1}
+    save_checkpoint(state, tmp_path, model_name="model-best.pth.tar")
+    assert list(state["state_dict"]) == ["module.ctx", "temperature"]
+    loaded = load_checkpoint(tmp_path / "model-best.pth.tar")
+    assert list(loaded["state_dict"]) == ["ctx", "temperature"] and loaded["epoch"] == 1
+    assert (tmp_path / "checkpoint").read_text() == "model-best.pth.tar\n"
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "model.pth.tar-1"
+    target.write_bytes(b"previous")
+
+    def failing_writer(file):
+        file.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(str(target), failing_writer)
+    assert os.listdir(tmp_path) == ["model.pth.tar-1"] and target.read_bytes() == b"previous"
+
+
+def test_resume_round_trip(tmp_path):
+    model, optimizer, scheduler = _setup()
+    _train(model, optimizer, scheduler, 3)
+    save_checkpoint(_state(model, optimizer, scheduler, 3), tmp_path)
+    _train(model, optimizer, scheduler, 3)
+
+    resumed = _setup(seed=1)
+    assert resume_from_checkpoint(tmp_path, *resumed) == 3
+    _train(*resumed, 3)
+    assert torch.equal(resumed[0].weight, model.weight) and torch.equal(resumed[0].bias, model.bias)
+    assert resumed[1].param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert resumed[2].state_dict() == scheduler.state_dict()
+
+
+def test_resume_model_only(tmp_path):
+    model, optimizer, scheduler = _setup()
+    save_checkpoint(_state(model, optimizer, scheduler, 2), tmp_path)
+    other = nn.Linear(4, 3)
+    assert resume_from_checkpoint(tmp_path, other) == 2
+    assert torch.equal(other.weight, model.weight)
+
+
+def test_resume_skips_missing_optimizer_state(tmp_path):
+    model, optimizer, scheduler = _setup()
+    lr = optimizer.param_groups[0]["lr"]
+    save_checkpoint({"state_dict": model.state_dict(), "epoch": 2, "optimizer": None,
+                     "scheduler": None}, tmp_path)
+    assert resume_from_checkpoint(tmp_path, model, optimizer, scheduler) == 2
+    assert optimizer.param_groups[0]["lr"] == lr and scheduler.last_epoch == 0
+
+
+def test_missing_files_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"No checkpoint file at .*model-best\.pth\.tar"):
+        load_checkpoint(tmp_path / "model-best.pth.tar")
+    with pytest.raises(FileNotFoundError, match="has no 'checkpoint' file"):
+        resume_from_checkpoint(tmp_path, nn.Linear(2, 2))
+
+
+def test_reference_style_file_with_pickled_objects(tmp_path):
+    # Dassl's scheduler state dict holds the successor scheduler object itself.
+    model, optimizer, _ = _setup()
+    successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+    torch.save({"state_dict": model.state_dict(), "epoch": 5,
+                "scheduler": {"successor": successor}}, tmp_path / "model.pth.tar-5")
+    with pytest.warns(UserWarning, match="full unpickling"):
+        checkpoint = load_checkpoint(tmp_path / "model.pth.tar-5")
+    assert torch.equal(checkpoint["state_dict"]["weight"], model.weight)
+
+
+def test_load_pretrained_weights_matches_names_and_shapes(tmp_path):
+    source = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}},
+               tmp_path / "weights.pth")
+    target = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))
+    loaded, discarded = load_pretrained_weights(target, tmp_path / "weights.pth")
+    assert loaded == ["0.weight", "0.bias"] and discarded == ["1.weight", "1.bias"]
+    assert torch.equal(target[0].weight, source[0].weight)
+
+
+def test_strip_module_prefix():
+    assert list(strip_module_prefix({"module.a": 1, "b": 2, "x.module.c": 3})) == ["a", "b",
+                                                                                  "x.module.c"]

@@ -1,0 +1,83 @@
+"""Config assembly: merge order, unknown keys, reference aliases, CoOp flags."""
+import pytest
+
+from taidpt.config import ConfigError, get_cfg_default, setup_cfg
+
+import train
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_have_dassl_keys():
+    cfg = get_cfg_default()
+    for key in ["DATASET.ROOT", "DATASET.NAME", "DATALOADER.TRAIN_X.BATCH_SIZE",
+                "DATALOADER.TEST.BATCH_SIZE", "DATALOADER.NUM_WORKERS", "INPUT.SIZE",
+                "INPUT.INTERPOLATION", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "INPUT.TRANSFORMS",
+                "OPTIM.NAME", "OPTIM.LR", "OPTIM.MOMENTUM", "OPTIM.WEIGHT_DECAY", "OPTIM.MAX_EPOCH",
+                "OPTIM.LR_SCHEDULER", "OPTIM.WARMUP_EPOCH", "OPTIM.WARMUP_TYPE",
+                "OPTIM.WARMUP_CONS_LR", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
+                "TEST.EVALUATOR", "TEST.FINAL_MODEL", "TEST.NO_TEST", "TEST.SPLIT",
+                "MODEL.BACKBONE.NAME", "MODEL.BACKBONE.PATH", "MODEL.INIT_WEIGHTS", "SEED",
+                "OUTPUT_DIR", "RESUME", "USE_CUDA", "TRAINER.ZEROSHOTCLIP.TEMPLATE"]:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+
+
+def test_merge_order_dataset_method_flags_opts(tmp_path):
+    ds = _write(tmp_path / "ds.yaml", "OPTIM:\n  LR: 0.1\n  MAX_EPOCH: 3\nDATASET:\n  ROOT: from_ds\n")
+    method = _write(tmp_path / "m.yaml", "OPTIM:\n  LR: 0.2\n")
+    cfg = setup_cfg(ds, method, {"DATASET.ROOT": "from_flag", "OUTPUT_DIR": ""}, ["OPTIM.MAX_EPOCH", "7"])
+    assert cfg.OPTIM.LR == 0.2  # method file wins over dataset file
+    assert cfg.DATASET.ROOT == "from_flag"  # flags win over files
+    assert cfg.OPTIM.MAX_EPOCH == 7  # opts win over everything
+    assert cfg.OUTPUT_DIR == "./output"  # empty flags do not override
+    assert cfg.is_frozen()
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = _write(tmp_path / "bad.yaml", "OPTIM:\n  LEARNING_RATE: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        setup_cfg(bad)
+    assert "OPTIM.LEARNING_RATE" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_unknown_opt_names_key_and_source():
+    with pytest.raises(ConfigError, match="'FOO.BAR' in the command-line opts"):
+        setup_cfg(opts=["FOO.BAR", "1"])
+
+
+def test_odd_opts_and_bad_type_are_errors():
+    with pytest.raises(ConfigError, match="odd"):
+        setup_cfg(opts=["OPTIM.LR"])
+    with pytest.raises(ConfigError, match="Bad value"):
+        setup_cfg(opts=["OPTIM.MAX_EPOCH", "'ten'"])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        setup_cfg("/nonexistent/ds.yaml")
+
+
+def test_coop_flags_map_to_config(tmp_path):
+    args = train.build_parser().parse_args(
+        ["--root", "R", "--output-dir", str(tmp_path), "--seed", "3", "--trainer", "ZeroshotCLIP",
+         "--transforms", "random_flip", "--backbone", "RN101", "OPTIM.LR", "0.5"])
+    cfg = train.cfg_from_args(args)
+    assert (cfg.DATASET.ROOT, cfg.OUTPUT_DIR, cfg.SEED, cfg.TRAINER.NAME, cfg.MODEL.BACKBONE.NAME) == \
+        ("R", str(tmp_path), 3, "ZeroshotCLIP", "RN101")
+    assert list(cfg.INPUT.TRANSFORMS) == ["random_flip"] and cfg.OPTIM.LR == 0.5
+
+
+def test_help_lists_every_coop_flag(capsys):
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ["--root", "--output-dir", "--resume", "--seed", "--source-domains",
+                 "--target-domains", "--transforms", "--config-file", "--dataset-config-file",
+                 "--trainer", "--backbone", "--head", "--eval-only", "--model-dir", "--load-epoch",
+                 "--no-train"]:
+        assert flag in out

@@ -1,0 +1,143 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taidpt.losses import LOSSES, asl_loss, bce_loss, double_loss, ranking_loss
+
+
+def _brute_force_ranking(logits, labels, margin):
+    total = 0.0
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        for i in range(len(z)):
+            for j in range(len(z)):
+                if y[i] > 0 and not y[j] > 0:
+                    total += max(0.0, margin - z[i] + z[j])
+    return total / len(logits)
+
+
+def _direct_asl(logits, labels, gamma_neg, gamma_pos, clip, eps, mask=None):
+    total = 0.0
+    for b, (z_row, y_row) in enumerate(zip(logits.tolist(), labels.tolist())):
+        for c, (z, y) in enumerate(zip(z_row, y_row)):
+            if mask is not None and not mask[b, c]:
+                continue
+            p = 1 / (1 + math.exp(-z))
+            if y > 0:
+                total -= (1 - p) ** gamma_pos * math.log(max(p, eps))
+            else:
+                p_m = max(p - clip, 0.0)
+                total -= p_m ** gamma_neg * math.log(max(1 - p_m, eps))
+    return total / len(logits)
+
+
+def _random_batch(seed, batch=7, classes=6, values=(0.0, 1.0)):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, classes, generator=generator, dtype=torch.float64) * 2
+    choice = torch.randint(len(values), (batch, classes), generator=generator)
+    labels = torch.tensor(values, dtype=torch.float64)[choice]
+    labels[0] = 0  # a row without positives
+    labels[1] = 1  # a row without negatives
+    return logits, labels
+
+
+def test_ranking_hand_computed():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.5, 0.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    # row 0: both hinges are exactly 0; row 1: 2 pairs of 1 - 0 + 0.5
+    assert ranking_loss(logits, labels).item() == pytest.approx((0 + 3.0) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("margin", [1.0, 0.3])
+@pytest.mark.parametrize("values", [(0.0, 1.0), (-1.0, 0.0, 1.0)])
+def test_ranking_matches_brute_force(seed, margin, values):
+    logits, labels = _random_batch(seed, values=values)
+    expected = _brute_force_ranking(logits, labels, margin)
+    assert ranking_loss(logits, labels, margin).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_ranking_rows_without_pairs_count_in_the_mean():
+    logits = torch.randn(2, 4)
+    assert ranking_loss(logits, torch.tensor([[0.0] * 4, [1.0] * 4])).item() == 0.0
+
+
+def test_ranking_gradient():
+    logits, labels = _random_batch(3)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: ranking_loss(z, labels), (logits,))
+
+
+@pytest.mark.parametrize("loss_fn", [ranking_loss, bce_loss, asl_loss])
+def test_inputs_not_modified(loss_fn):
+    logits, labels = _random_batch(4, values=(-1.0, 0.0, 1.0))
+    logits_before, labels_before = logits.clone(), labels.clone()
+    logits.requires_grad_(True)
+    loss_fn(logits, labels).backward()
+    assert torch.equal(logits.detach(), logits_before) and torch.equal(labels, labels_before)
+
+
+def test_bce_treats_non_positive_as_negative():
+    logits, labels = _random_batch(5, values=(-1.0, 0.0, 1.0))
+    expected = F.binary_cross_entropy_with_logits(logits, (labels > 0).double())
+    assert bce_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_asl_hand_computed():
+    # p = 0.5: positive 0.5 * ln 2; negative p_m = 0.45: 0.45^2 * -ln(0.55)
+    value = asl_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item()
+    assert value == pytest.approx(0.5 * math.log(2) - 0.45 ** 2 * math.log(0.55), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+@pytest.mark.parametrize("gammas", [(2.0, 1.0), (4.0, 0.0)])
+@pytest.mark.parametrize("partial", [False, True])
+def test_asl_matches_direct_formula(seed, clip, gammas, partial):
+    gamma_neg, gamma_pos = gammas
+    logits, labels = _random_batch(seed, values=(-1.0, 0.0, 1.0) if partial else (0.0, 1.0))
+    mask = labels != 0 if partial else None
+    expected = _direct_asl(logits, labels, gamma_neg, gamma_pos, clip, 1e-8, mask)
+    got = asl_loss(logits, labels, gamma_neg, gamma_pos, clip, mask=mask)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_asl_gradient_with_and_without_focal_weight_gradient():
+    logits, labels = _random_batch(6)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda z: asl_loss(z, labels, detach_focal_weights=False), (logits,))
+    full = torch.autograd.grad(asl_loss(logits, labels, detach_focal_weights=False), logits)[0]
+    detached = torch.autograd.grad(asl_loss(logits, labels), logits)[0]
+    # with detached weights the gradient of an entry is weight * d(-log likelihood)/dz
+    prob = torch.sigmoid(logits.detach())
+    positive = labels > 0
+    prob_m = (prob - 0.05).clamp_min(0)
+    expected = torch.where(positive, -(1 - prob) * (1 - prob),
+                           prob_m ** 2 * prob * (1 - prob) / (1 - prob_m) * (prob > 0.05)) / len(logits)
+    torch.testing.assert_close(detached, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(full, detached)
+
+
+@pytest.mark.parametrize("name, local_weight, loss_fn", [
+    ("double_ranking", 1, ranking_loss),
+    ("ranking", 0, ranking_loss),
+    ("bce", 1, bce_loss),
+    ("asl", 1, asl_loss),
+])
+def test_double_loss_dispatch(name, local_weight, loss_fn):
+    global_logits, labels = _random_batch(7)
+    local_logits = torch.randn_like(global_logits)
+    expected = loss_fn(global_logits, labels) + local_weight * loss_fn(local_logits, labels)
+    assert double_loss(name, global_logits, local_logits, labels).item() == pytest.approx(
+        expected.item(), rel=1e-12)
+
+
+def test_double_loss_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="double_ranking, ranking, bce, asl"):
+        double_loss("focal", torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def test_losses_registry():
+    assert LOSSES == {"ranking": ranking_loss, "bce": bce_loss, "asl": asl_loss}
