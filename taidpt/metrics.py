@@ -33,15 +33,16 @@ def average_precision_per_class(scores: ArrayLike, targets: ArrayLike,
                                 difficult: str = "negative") -> np.ndarray:
     """AP of every class in percent, shape ``C``; NaN for a class without a positive.
 
-    ``scores``, ``targets``: ``N x C``. See the module docstring for targets, ``difficult`` and ties.
+    ``scores``, ``targets``: ``N x C``. The module docstring explains targets, ``difficult``, ties.
     """
     if difficult not in DIFFICULT_MODES:
-        raise ValueError(f"difficult={difficult!r} is not a valid mode: use one of {DIFFICULT_MODES} "
-                         "('negative' counts targets equal to 0 as negatives, 'ignore' drops them).")
+        raise ValueError(f"difficult={difficult!r} is not a valid mode: use one of "
+                         f"{DIFFICULT_MODES} ('negative' counts targets equal to 0 as negatives, "
+                         "'ignore' drops them).")
     scores, targets = _as_float_array(scores), _as_float_array(targets)
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise ValueError(f"scores and targets must both be N x C; got shapes {scores.shape} and "
-                         f"{targets.shape}. Stack per-image rows into one matrix before evaluating.")
+                         f"{targets.shape}. Stack the per-image rows into one matrix first.")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN, which has no place in a ranking; check the model "
                          "outputs (e.g. a diverged training run) before computing AP.")
@@ -57,7 +58,7 @@ def average_precision_per_class(scores: ArrayLike, targets: ArrayLike,
 
 def mean_average_precision(scores: ArrayLike, targets: ArrayLike,
                            difficult: str = "negative") -> float:
-    """mAP in percent over the classes that have a positive (the others are left out, with a warning).
+    """mAP in percent over the classes with a positive (the others are left out, with a warning).
 
     ``scores``, ``targets``: ``N x C``. Returns NaN when no class has a positive.
     """

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from taidpt.engine.checkpoint import (atomic_write, load_checkpoint, load_pretrained_weights,
+from taidpt.io import atomic_write
+from taidpt.engine.checkpoint import (load_checkpoint, load_pretrained_weights,
                                       resume_from_checkpoint, save_checkpoint,
                                       strip_module_prefix)
 from taidpt.engine.defaults import get_engine_defaults

@@ -114,8 +114,8 @@ def test_asl_gradient_with_and_without_focal_weight_gradient():
     prob = torch.sigmoid(logits.detach())
     positive = labels > 0
     prob_m = (prob - 0.05).clamp_min(0)
-    expected = torch.where(positive, -(1 - prob) * (1 - prob),
-                           prob_m ** 2 * prob * (1 - prob) / (1 - prob_m) * (prob > 0.05)) / len(logits)
+    negative_grad = prob_m ** 2 * prob * (1 - prob) / (1 - prob_m) * (prob > 0.05)
+    expected = torch.where(positive, -(1 - prob) * (1 - prob), negative_grad) / len(logits)
     torch.testing.assert_close(detached, expected, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(full, detached)
 

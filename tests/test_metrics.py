@@ -41,7 +41,7 @@ def test_ap_hand_computed(scores, targets, expected):
 
 
 @pytest.mark.parametrize("difficult, expected", [
-    ("negative", 100 * (1 / 2 + 2 / 4) / 2),  # the difficult sample ranked first is a false positive
+    ("negative", 100 * (1 / 2 + 2 / 4) / 2),  # the difficult sample ranked first is negative
     ("ignore", 100 * (1 + 2 / 3) / 2),  # ... or is dropped
 ])
 def test_difficult_modes(difficult, expected):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 import urllib.error
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Union
@@ -21,6 +20,7 @@ import torch
 
 from taidpt.clip._openai import CLIP
 from taidpt.clip._openai import openai_clip as _openai_clip
+from taidpt.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -127,17 +127,8 @@ def clip_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> CLIP:
 
 def save_clip(model: CLIP, path: str) -> str:
     """Write ``model``'s fp32 state dict to ``path`` atomically; returns the path."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 

@@ -10,39 +10,21 @@ import logging
 import os
 import pickle
 import shutil
-import uuid
 import warnings
 from collections import OrderedDict
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from taidpt.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 POINTER_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(binary_file)`` into a temp file beside it, then ``os.replace``.
-
-    Readers never see a partial file; on error the temp file is removed and ``path`` is untouched.
-    """
-    tmp_path = os.path.join(os.path.dirname(path) or ".",
-                            f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp_path, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def strip_module_prefix(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
@@ -53,7 +35,7 @@ def strip_module_prefix(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]
 
 def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
                     remove_module_from_keys: bool = True, model_name: str = "") -> str:
-    """Save ``state`` to ``save_dir/<model_name or model.pth.tar-<state["epoch"]>>``; returns the path.
+    """Save ``state`` as ``save_dir/<model_name or model.pth.tar-<epoch>>``; returns its path.
 
     Also points ``save_dir/checkpoint`` at the new file and, if ``is_best``, copies it to
     ``model-best.pth.tar``. ``state`` itself is not modified.
@@ -87,7 +69,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise FileNotFoundError(
             f"No checkpoint file at '{path}'. Check the path: a trainer writes "
             "'<OUTPUT_DIR>/<model name>/model.pth.tar-<epoch>' and 'model-best.pth.tar' (e.g. "
-            "'output/prompt_learner/model-best.pth.tar'); train first or point to an existing file.")
+            "'output/prompt_learner/model-best.pth.tar'); train first or point to an existing "
+            "file.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

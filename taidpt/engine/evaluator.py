@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from taidpt.engine.registry import EVALUATOR_REGISTRY
+from taidpt.io import atomic_write
 from taidpt.metrics import mean_average_precision
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class MLClassification:
 
     def process(self, output: Scores, gt: torch.Tensor) -> None:
         outputs: Sequence[torch.Tensor] = output if isinstance(output, (tuple, list)) else (output,)
-        if self._scores and len(self._scores[0]) != len(outputs):
+        if self._scores and len(self._scores) != len(outputs):
             raise ValueError("process() got a different number of score matrices than before")
         if not self._scores:
             self._scores = [[] for _ in outputs]
@@ -76,15 +76,10 @@ class MLClassification:
         return results
 
     def _save(self, mats: Dict[str, np.ndarray], labels: np.ndarray) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, "predictions.npz")
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, suffix=".npz")
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            np.savez(f, labels=labels, classnames=np.array([self.lab2cname.get(i, str(i))
-                                                            for i in range(labels.shape[1])]),
-                     **{k.rstrip("_"): v for k, v in mats.items()})
-        os.replace(tmp, path)
+        names = np.array([self.lab2cname.get(i, str(i)) for i in range(labels.shape[1])])
+        atomic_write(path, lambda f: np.savez(f, labels=labels, classnames=names,
+                                              **{k.rstrip("_"): v for k, v in mats.items()}))
         logger.info("Predictions saved to %s", path)
 
 

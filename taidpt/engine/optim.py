@@ -59,7 +59,8 @@ def build_optimizer(params_or_module: ParamsOrModule, optim_cfg: CfgNode) -> Opt
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=optim_cfg.LR, betas=betas,
                                  weight_decay=optim_cfg.WEIGHT_DECAY)
-    raise ValueError(f"Unknown optimizer OPTIM.NAME={name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    raise ValueError(f"Unknown optimizer OPTIM.NAME={name!r}; choose one of "
+                     f"{', '.join(OPTIMIZERS)}.")
 
 
 class WarmupScheduler(LRScheduler):
@@ -138,7 +139,8 @@ def _successor(optimizer: Optimizer, optim_cfg: CfgNode) -> LRScheduler:
     stepsize = optim_cfg.STEPSIZE
     if name == "cosine":
         if optim_cfg.MAX_EPOCH < 1:
-            raise ValueError(f"The cosine schedule needs OPTIM.MAX_EPOCH >= 1, got {optim_cfg.MAX_EPOCH}.")
+            raise ValueError("The cosine schedule needs OPTIM.MAX_EPOCH >= 1, got "
+                             f"{optim_cfg.MAX_EPOCH}.")
         return CosineAnnealingLR(optimizer, T_max=float(optim_cfg.MAX_EPOCH))
     if name == "single_step":
         step = stepsize[-1] if isinstance(stepsize, (list, tuple)) else stepsize
@@ -151,12 +153,14 @@ def _successor(optimizer: Optimizer, optim_cfg: CfgNode) -> LRScheduler:
         if any(milestone < 1 for milestone in milestones):
             raise ValueError(f"multi_step needs OPTIM.STEPSIZE milestone epochs >= 1, got "
                              f"{stepsize}; set e.g. OPTIM.STEPSIZE (10, 15).")
-        return MultiStepLR(optimizer, milestones=[int(m) for m in milestones], gamma=optim_cfg.GAMMA)
-    raise ValueError(f"Unknown OPTIM.LR_SCHEDULER={name!r}; choose one of {', '.join(LR_SCHEDULERS)}.")
+        return MultiStepLR(optimizer, milestones=[int(m) for m in milestones],
+                           gamma=optim_cfg.GAMMA)
+    raise ValueError(f"Unknown OPTIM.LR_SCHEDULER={name!r}; choose one of "
+                     f"{', '.join(LR_SCHEDULERS)}.")
 
 
 def build_lr_scheduler(optimizer: Optimizer, optim_cfg: CfgNode) -> LRScheduler:
-    """The epoch-wise scheduler of ``OPTIM.LR_SCHEDULER``, wrapped in a warm-up if ``WARMUP_EPOCH > 0``."""
+    """The epoch-wise ``OPTIM.LR_SCHEDULER``, wrapped in a warm-up when ``WARMUP_EPOCH > 0``."""
     successor = _successor(optimizer, optim_cfg)
     warmup_epoch = optim_cfg.WARMUP_EPOCH
     if warmup_epoch <= 0:
