@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from taidpt.io import atomic_write
 from taidpt.engine.checkpoint import (load_checkpoint, load_pretrained_weights,
                                       resume_from_checkpoint, save_checkpoint,
                                       strip_module_prefix)
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
+from taidpt.io import atomic_write
 
 
 def _setup(seed=0):
