@@ -1,4 +1,5 @@
 """The trainer life cycle on a toy image dataset: training, checkpoints, resume, evaluation."""
+import json
 import os
 
 import numpy as np
@@ -74,6 +75,8 @@ def test_training_saves_dassl_checkpoints_and_logs(tmp_path):
     assert os.listdir(tmp_path / "out" / "tensorboard")
     results = trainer.test()
     assert results["mAP"] > 90.0  # the toy task is separable by colour
+    record = json.loads((tmp_path / "out" / "results_test.json").read_text())
+    assert record["results"] == pytest.approx(dict(results)) and record["epoch"] == 3
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path):

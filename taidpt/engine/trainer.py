@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from taidpt.engine.checkpoint import load_checkpoint, resume_from_checkpoint, sa
 from taidpt.engine.data import DataManager
 from taidpt.engine.evaluator import build_evaluator
 from taidpt.engine.utils import MetricMeter
+from taidpt.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +306,8 @@ class SimpleTrainer(TrainerBase):
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> Dict[str, float]:
-        """Evaluate on ``split`` (default ``TEST.SPLIT``): val or test."""
+        """Evaluate on ``split`` (default ``TEST.SPLIT``): val or test; the results also go to
+        ``OUTPUT_DIR/results_<split>.json`` (what the table scripts read)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         split = split or self.cfg.TEST.SPLIT
@@ -316,4 +319,8 @@ class SimpleTrainer(TrainerBase):
         results = self.evaluator.evaluate()
         for key, value in results.items():
             self.write_scalar(f"{split}/{key}", value, self.epoch)
+        record = {"split": split, "epoch": self.epoch + 1, "trainer": self.cfg.TRAINER.NAME,
+                  "dataset": self.cfg.DATASET.NAME, "results": dict(results)}
+        atomic_write(os.path.join(self.output_dir, f"results_{split}.json"),
+                     lambda f: f.write(json.dumps(record, indent=2).encode()))
         return results
