@@ -23,7 +23,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taidpt.datasets import prepare_cli
+    from taidpt import prepare_cli
     from taidpt.datasets.synthetic import cli as synthetic_cli
 
     parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])

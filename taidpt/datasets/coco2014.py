@@ -1,0 +1,85 @@
+"""MS-COCO 2014 (80 classes): val2014 (40,504 images) for evaluation, train2014 for training.
+
+Labels come from ``annotations/instances_<split>.json`` through pycocotools: class ``c`` is the
+``c``-th category in category-id order (the ids run 1..90 with gaps). Every image of the file is
+kept; an image without annotations has only negatives. ``val`` is every 10th test image, as in
+the reference's best-val selection (SPEC 6).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from typing import List
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from taidpt.datasets._common import (COCO_CAPTIONS, Layout, LabelSet, load_label_set,
+                                     wants_train_images)
+from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
+
+logger = logging.getLogger(__name__)
+
+LAYOUT = Layout(
+    name="COCO2014",
+    tree=("  COCO/\n"
+          "    annotations/instances_val2014.json, instances_train2014.json\n"
+          "    annotations/captions_train2017.json (caption training)\n"
+          "    val2014/COCO_val2014_000000000042.jpg ...\n"
+          "    train2014/COCO_train2014_000000000009.jpg ..."),
+    download=("https://cocodataset.org/#download (2014 Train/Val annotations, 2014 Val images, "
+              "2014 Train images; 2017 Train/Val annotations for the captions)"),
+)
+
+
+def load_instances(path: str) -> COCO:
+    """A pycocotools index of an instances file (its progress prints go to the log)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            coco = COCO(path)
+    except (ValueError, KeyError, TypeError, AssertionError) as err:
+        raise ValueError(f"COCO2014: {path} is not a valid COCO instances JSON ({err}); "
+                         f"re-download it from {LAYOUT.download}.") from None
+    logger.debug(buffer.getvalue().strip())
+    return coco
+
+
+def read_split(root: str, split: str, label_set: LabelSet) -> List[ImageItem]:
+    """Items of ``split`` (``val2014`` / ``train2014``) in image-id order, labels 1 / -1."""
+    path = LAYOUT.require(root, os.path.join("COCO", "annotations", f"instances_{split}.json"))
+    coco = load_instances(path)
+    category_ids = sorted(coco.getCatIds())
+    names = [coco.cats[i]["name"] for i in category_ids]
+    if names != label_set.labels:
+        raise ValueError(f"COCO2014: {path} has {len(names)} categories that are not the 80 COCO "
+                         f"categories in category-id order (got {names[:5]}...); use the "
+                         f"official file from {LAYOUT.download}.")
+    column = {category_id: c for c, category_id in enumerate(category_ids)}
+    image_dir = os.path.join(root, "COCO", split)
+    items = []
+    for image_id in sorted(coco.imgs):
+        label = np.full(len(names), -1.0, dtype=np.float32)
+        for annotation in coco.imgToAnns.get(image_id, []):
+            label[column[annotation["category_id"]]] = 1.0
+        items.append(ImageItem(os.path.join(image_dir, coco.imgs[image_id]["file_name"]), label))
+    return LAYOUT.check_images(items, path)
+
+
+@DATASET_REGISTRY.register(aliases=("COCO2014_distill", "COCO2014_partial"))
+class COCO2014(DatasetBase):
+    """COCO 2014 under ``DATASET.ROOT/COCO``; train2014 is read only for methods that train on
+    images (``DATASET.CAPTIONS.SOURCE`` empty). Default captions: COCO 2017."""
+
+    dataset_dir = "COCO"
+
+    def __init__(self, cfg) -> None:
+        root = LAYOUT.root(cfg)
+        label_set = load_label_set("coco2014")
+        test = read_split(root, "val2014", label_set)
+        train = read_split(root, "train2014", label_set) if wants_train_images(cfg) else []
+        super().__init__(label_set.classnames, test=test, train_x=train, val=test[::10],
+                         synonyms=label_set.synonyms)
+        self.caption_path = os.path.join(root, COCO_CAPTIONS)

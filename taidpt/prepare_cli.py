@@ -1,0 +1,60 @@
+"""``taidpt prepare``: label and tokenise a dataset's caption corpus once, into the cache.
+
+    taidpt prepare --dataset-config-file configs/datasets/coco2014_caption.yaml --root DATA
+
+``train.py`` finds the result by itself (same config, class list and context length).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Dict
+
+from tabulate import tabulate
+
+from taidpt.config import setup_cfg
+from taidpt.datasets.base import build_dataset
+from taidpt.datasets.captions import prepare
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``prepare`` subcommand (its handler is :func:`run`)."""
+    parser = subparsers.add_parser(
+        "prepare", help="label and tokenise a caption corpus into the cache",
+        description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="", help="DATASET.ROOT (the data folder, see DATA.md)")
+    parser.add_argument("--dataset-config-file", required=True,
+                        help="dataset YAML naming the caption source, e.g. "
+                             "configs/datasets/coco2014_caption.yaml")
+    parser.add_argument("--config-file", default="", help="method YAML (optional)")
+    parser.add_argument("--context-length", type=int, default=77,
+                        help="token length of the CLIP text encoder (77 for OpenAI CLIPs)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def format_stats(path: str, stats: Dict) -> str:
+    """The summary ``taidpt prepare`` prints: cache path, counts and captions per class."""
+    counts = [("read", stats["read"]), ("with a class", stats["labelled"]),
+              ("dropped (no class)", stats["dropped"])]
+    counts += [(name, stats[key]) for name, key in (("after limit per class", "after_limit"),
+                                                    ("after random subset", "after_subsample"))
+               if key in stats]
+    counts += [("captions kept", stats["captions"]), ("template sentences", stats["templates"]),
+               ("items", stats["total"])]
+    return "\n".join([
+        f"Caption cache ({stats.get('cache', 'built')}): {path}",
+        f"Source: {stats.get('source', '?')} {stats.get('file', '')}",
+        tabulate(counts, headers=["corpus", "count"]),
+        tabulate(stats["per_class"].items(), headers=["class", "captions"]),
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config like train.py, then prepare the dataset's caption cache."""
+    cfg = setup_cfg(args.dataset_config_file, args.config_file,
+                    flags={"DATASET.ROOT": args.root}, opts=args.opts)
+    path, stats = prepare(cfg, build_dataset(cfg), args.context_length, force=args.force)
+    print(format_stats(path, stats))
+    return 0
