@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from taidpt.clip._openai import CLIP
+from taidpt.clip._openai import CLIP, convert_weights
 from taidpt.clip._openai import openai_clip as _openai_clip
 from taidpt.io import atomic_write
 
@@ -192,6 +192,12 @@ def load_clip(name_or_path: str, device: Union[str, torch.device] = "cpu",
     model = clip_from_state_dict(_read_state_dict(path))
     logger.info("Loaded CLIP from %s (%s)", path, dataclasses.asdict(geometry_from_state_dict(model.state_dict())))
     return model.to(device)
+
+
+def to_fp16(model: CLIP) -> CLIP:
+    """Cast CLIP's matmul / conv weights to fp16 in place, as openai-clip ships them (GPU use)."""
+    convert_weights(model)
+    return model
 
 
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torch.Tensor:

@@ -17,15 +17,9 @@ from yacs.config import CfgNode as CN
 from taidpt.clip import dense_image_features, encode_text, load_clip, tokenize
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
+from taidpt.trainers.spatial import spatial_pool
 
 logger = logging.getLogger(__name__)
-
-
-def spatial_pool(similarity: torch.Tensor, temperature: float, scale: float) -> torch.Tensor:
-    """``HW x B x C`` cosine similarities -> ``B x C``: softmax over HW at ``temperature``,
-    weighted sum of ``scale * similarity``."""
-    weights = F.softmax(temperature * similarity, dim=0)
-    return (weights * scale * similarity).sum(dim=0)
 
 
 class ZeroshotCLIPModel(nn.Module):
@@ -47,7 +41,7 @@ class ZeroshotCLIPModel(nn.Module):
         global_feat, dense = dense_image_features(self.clip, images, global_positional=True)
         global_feat = F.normalize(global_feat, dim=-1)
         similarity = F.normalize(dense, dim=-1) @ text.t()
-        return self.scale * global_feat @ text.t(), spatial_pool(similarity, self.scale, self.scale)
+        return self.scale * global_feat @ text.t(), spatial_pool(similarity, self.scale, self.scale)[0]
 
 
 @TRAINER_REGISTRY.register(aliases=("ZeroshotCLIP_dense",))

@@ -1,0 +1,271 @@
+"""TaI-DPT (Guo et al., CVPR 2023): double-grained prompts trained on captions, tested on images.
+
+Two learnable contexts give class embeddings ``G`` (global, ``ctx``) and ``L`` (local,
+``ctx_double``). Training treats a caption as an image (SPEC 2): its EOS feature plays the image
+feature, its per-token features the dense features. Testing uses the ResNet attention pool
+without positional embedding and the dense ``c_proj(v_proj(F))`` features (SPEC 3).
+
+Scales follow the reference: the logit scale is the constant 4.0 unless ``LEARN_SCALE`` (then
+``exp(temperature)``); the spatial temperature is ``SPATIAL_SCALE_TEXT`` / ``SPATIAL_SCALE_IMAGE``
+unless ``LEARN_SPATIAL_SCALE`` (then ``exp(spatial_T)`` on both sides). ``ranking_scale`` is kept
+in the state dict for checkpoint compatibility only.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode as CN
+
+from taidpt.clip import dense_image_features, load_clip, text_sequence_features, to_fp16, tokenize
+from taidpt.datasets.captions import build_caption_corpus
+from taidpt.engine.data import seeded_generator
+from taidpt.engine.optim import build_lr_scheduler, build_optimizer
+from taidpt.engine.registry import TRAINER_REGISTRY
+from taidpt.engine.trainer import SimpleTrainer
+from taidpt.losses import double_loss
+from taidpt.trainers.prompts import PromptContext
+from taidpt.trainers.spatial import Scale, spatial_pool
+
+logger = logging.getLogger(__name__)
+
+FIXED_LOGIT_SCALE = 4.0
+PADDING_LOGIT = -10000.0  # added to the local similarity of token id 0 (padding, and also '!')
+PRECISIONS = ("fp32", "fp16", "amp")
+
+
+def cut_after_last_eos(tokens: torch.Tensor) -> torch.Tensor:
+    """``B x L`` -> ``B x L'``, dropping the positions after the batch's last EOS (exact: the text
+    transformer is causal and those positions are padding)."""
+    return tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+
+
+def padding_mask(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Tokens ``B x L`` -> additive mask ``L x B x 1``: ``PADDING_LOGIT`` where the id is 0."""
+    return (tokens == 0).t().unsqueeze(-1).to(dtype) * PADDING_LOGIT
+
+
+class DoublePromptLearner(PromptContext):
+    """The two contexts and the reference's scalars.
+
+    State dict: ``ctx``, ``ctx_double`` (``M x W``, or ``C x M x W`` with ``csc``),
+    ``temperature`` (3.0), ``spatial_T`` (3.0), ``ranking_scale`` (4.0), ``token_prefix``,
+    ``token_suffix`` and ``token_suffix_nocls`` (the suffix of ``"X ... X."``, ``C x (L-1-M) x W``).
+    The scalars require grad only when learnt.
+    """
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16,
+                 csc: bool = False, ctx_init: str = "", class_token_position: str = "end",
+                 learn_scale: bool = False, learn_spatial_scale: bool = False) -> None:
+        super().__init__(clip_model, classnames, n_ctx, ctx_init, class_token_position)
+        self.ctx = nn.Parameter(self.initial_context(csc))
+        self.ctx_double = nn.Parameter(self.initial_context(csc))
+
+        def scalar(value: float, learnt: bool) -> nn.Parameter:
+            return nn.Parameter(torch.tensor(value, dtype=self.dtype), requires_grad=learnt)
+
+        self.temperature = scalar(3.0, learn_scale)
+        self.spatial_T = scalar(3.0, learn_spatial_scale)
+        self.ranking_scale = scalar(4.0, False)
+        nocls_tokens = tokenize([f"{self.prompt_prefix}."] * self.n_cls, self.context_length)
+        nocls = self.embed(clip_model, nocls_tokens)
+        self.register_buffer("token_suffix_nocls", nocls[:, 1 + self.n_ctx:])
+
+
+class TaIDPTModel(nn.Module):
+    """Frozen CLIP (always in eval mode) + :class:`DoublePromptLearner`, the only trainable part.
+
+    ``forward_text`` scores captions (training, SPEC 2), ``forward_image`` / ``forward`` scores
+    images (testing, SPEC 3); both return (global logits ``B x C``, local logits ``B x C``).
+    """
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16,
+                 csc: bool = False, ctx_init: str = "", class_token_position: str = "end",
+                 spatial_scale_text: float = 50.0, spatial_scale_image: float = 40.0,
+                 learn_scale: bool = False, learn_spatial_scale: bool = False) -> None:
+        super().__init__()
+        self.clip = clip_model.eval().requires_grad_(False)
+        self.prompt_learner = DoublePromptLearner(clip_model, classnames, n_ctx, csc, ctx_init,
+                                                  class_token_position, learn_scale,
+                                                  learn_spatial_scale)
+        self.spatial_scale_text = spatial_scale_text
+        self.spatial_scale_image = spatial_scale_image
+        self.learn_scale = learn_scale
+        self.learn_spatial_scale = learn_spatial_scale
+        self._cached_embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    @classmethod
+    def from_cfg(cls, cfg: CN, clip_model: nn.Module, classnames: Sequence[str]) -> "TaIDPTModel":
+        c = cfg.TRAINER.TAIDPT
+        return cls(clip_model, classnames, c.N_CTX, c.CSC, c.CTX_INIT, c.CLASS_TOKEN_POSITION,
+                   c.SPATIAL_SCALE_TEXT, c.SPATIAL_SCALE_IMAGE, c.LEARN_SCALE, c.LEARN_SPATIAL_SCALE)
+
+    def train(self, mode: bool = True) -> "TaIDPTModel":
+        super().train(mode)
+        self.clip.eval()  # frozen BatchNorm statistics
+        return self
+
+    @property
+    def logit_scale(self) -> Scale:
+        return self.prompt_learner.temperature.exp() if self.learn_scale else FIXED_LOGIT_SCALE
+
+    def spatial_temperature(self, fixed: float) -> Scale:
+        return self.prompt_learner.spatial_T.exp() if self.learn_spatial_scale else fixed
+
+    def class_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised class embeddings (global ``G`` ``C x D``, local ``L`` ``C x D``)."""
+        if self._cached_embeddings is not None:
+            return self._cached_embeddings
+        learner = self.prompt_learner
+        return (F.normalize(learner.encode(self.clip, learner.ctx), dim=-1),
+                F.normalize(learner.encode(self.clip, learner.ctx_double), dim=-1))
+
+    @contextlib.contextmanager
+    def cached_prompts(self) -> Iterator[None]:
+        """Compute the class embeddings once and reuse them inside the block (evaluation)."""
+        with torch.no_grad():
+            self._cached_embeddings = self.class_embeddings()
+        try:
+            yield
+        finally:
+            self._cached_embeddings = None
+
+    @torch.no_grad()
+    def caption_features(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``B x L`` -> (EOS features ``B x D``, token features ``B x L' x D``), not
+        normalised, with ``L'`` = one past the batch's last EOS."""
+        tokens = cut_after_last_eos(tokens)
+        sequence = text_sequence_features(self.clip, tokens)
+        return sequence[torch.arange(len(tokens), device=tokens.device), tokens.argmax(dim=-1)], sequence
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``B x 3 x H x W`` -> (global ``B x D``, dense ``HW x B x D``), not normalised."""
+        return dense_image_features(self.clip, images)
+
+    def _logits(self, global_feat: torch.Tensor, dense: torch.Tensor, mask: Optional[torch.Tensor],
+                temperature: Scale) -> Tuple[torch.Tensor, torch.Tensor]:
+        g, l = self.class_embeddings()
+        scale = self.logit_scale
+        global_logits = scale * F.normalize(global_feat, dim=-1) @ g.t()
+        similarity = F.normalize(dense, dim=-1) @ l.t()
+        if mask is not None:
+            similarity = similarity + mask
+        return global_logits, spatial_pool(similarity, temperature, scale)[0]
+
+    def forward_text(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Captions ``B x L`` -> (global logits, local logits), ``B x C`` each (SPEC 2)."""
+        tokens = cut_after_last_eos(tokens)
+        eos, sequence = self.caption_features(tokens)
+        return self._logits(eos, sequence.permute(1, 0, 2), padding_mask(tokens, sequence.dtype),
+                            self.spatial_temperature(self.spatial_scale_text))
+
+    def forward_image(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``B x 3 x H x W`` -> (global logits, local logits), ``B x C`` each (SPEC 3)."""
+        global_feat, dense = self.image_features(images)
+        return self._logits(global_feat, dense, None,
+                            self.spatial_temperature(self.spatial_scale_image))
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_image(images)
+
+
+@TRAINER_REGISTRY.register(aliases=("Caption_distill_double",))
+class TaIDPT(SimpleTrainer):
+    """Trains the prompt learner on a caption corpus; tests on the dataset's images and reports
+    global ("TaI"), local and merged ("TaI-DPT") mAP."""
+
+    ignored_checkpoint_keys = ("token_prefix", "token_suffix", "token_suffix_nocls")
+
+    @staticmethod
+    def extend_cfg(cfg: CN) -> None:
+        cfg.TRAINER.TAIDPT = CN()
+        c = cfg.TRAINER.TAIDPT
+        c.N_CTX = 16  # context vectors per prompt (ignored with CTX_INIT)
+        c.CSC = False  # class-specific contexts
+        c.CTX_INIT = ""  # words initialising the contexts, e.g. "a photo of a"
+        c.CLASS_TOKEN_POSITION = "end"  # end, middle or front
+        c.PREC = "fp32"  # fp32, fp16 or amp
+        c.GL_MERGE_RATE = 0.5  # test score = r * global + (1 - r) * local
+        c.LOSS = "double_ranking"  # double_ranking, ranking, bce or asl
+        c.SPATIAL_SCALE_TEXT = 50.0  # softmax temperature over caption tokens
+        c.SPATIAL_SCALE_IMAGE = 40.0  # softmax temperature over image positions
+        c.LEARN_SCALE = False  # logit scale exp(temperature) instead of 4.0
+        c.LEARN_SPATIAL_SCALE = False  # spatial temperature exp(spatial_T) instead of the above
+
+    def check_cfg(self, cfg: CN) -> None:
+        prec = cfg.TRAINER.TAIDPT.PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f"TRAINER.TAIDPT.PREC must be one of {', '.join(PRECISIONS)}, "
+                             f"got {prec!r}.")
+
+    def merge_rate(self) -> float:
+        return self.cfg.TRAINER.TAIDPT.GL_MERGE_RATE
+
+    @functools.cached_property
+    def clip_model(self) -> nn.Module:
+        """CLIP from ``MODEL.BACKBONE.PATH`` (or ``NAME``), in the precision of ``PREC``."""
+        backbone = self.cfg.MODEL.BACKBONE
+        clip_model = load_clip(backbone.PATH or backbone.NAME)
+        if self.cfg.TRAINER.TAIDPT.PREC == "fp16":
+            to_fp16(clip_model)
+        return clip_model
+
+    def before_train(self) -> None:
+        """Build the caption loader (only when training: ``--eval-only`` needs no corpus)."""
+        self.train_loader_x = self.build_caption_loader()
+        super().before_train()
+
+    def build_caption_loader(self) -> DataLoader:
+        corpus = build_caption_corpus(self.cfg, self.dataset, self.clip_model.context_length)
+        batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        # In-memory token tensors: worker processes would only add start-up time. Dassl drops
+        # the last incomplete training batch.
+        loader = DataLoader(corpus, batch_size=batch_size, shuffle=True,
+                            drop_last=len(corpus) >= batch_size, generator=seeded_generator(self.cfg))
+        logger.info("Training on %d captions, %d batches of %d", len(corpus), len(loader), batch_size)
+        return loader
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        logger.info("Building TaI-DPT for %d classes", self.num_classes)
+        self.model = TaIDPTModel.from_cfg(cfg, self.clip_model, self.classnames).to(self.device)
+        learner = self.model.prompt_learner
+        self.optim = build_optimizer(learner, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("prompt_learner", learner, self.optim, self.sched)
+        amp = cfg.TRAINER.TAIDPT.PREC == "amp"
+        self.scaler = torch.amp.GradScaler("cuda") if amp and self.device.type == "cuda" else None
+
+    def parse_batch_train(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        return batch["tokens"].to(self.device), batch["label"].to(self.device)
+
+    def forward_backward(self, batch: dict) -> dict:
+        tokens, labels = self.parse_batch_train(batch)
+        c = self.cfg.TRAINER.TAIDPT
+        with torch.autocast(self.device.type, enabled=c.PREC == "amp"):
+            global_logits, local_logits = self.model.forward_text(tokens)
+            loss = double_loss(c.LOSS, global_logits, local_logits, labels)
+        if self.scaler is None:
+            self.model_backward_and_update(loss)
+        else:
+            self.model_zero_grad()
+            self.detect_anomaly(loss)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        return {"loss": loss.item()}
+
+    def model_inference(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_image(images)
+
+    def test(self, split: Optional[str] = None) -> dict:
+        """Evaluate with the class embeddings computed once."""
+        with self.model.cached_prompts():
+            return super().test(split)
