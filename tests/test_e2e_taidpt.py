@@ -1,0 +1,63 @@
+"""Issue-3 acceptance: TaI-DPT through ``python train.py`` on a caption file + an image list."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fake_data import write_image_list
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["cat", "dog", "car"]
+SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
+CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
+            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
+            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
+            "the carpet is blue"]
+
+
+def _train_py(*args, cwd):
+    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def _epoch_losses(log):
+    """Mean loss of each epoch: the running average on its last logged batch."""
+    last = {}
+    for epoch, batch, total, avg in re.findall(
+            r"epoch \[(\d+)/\d+\] batch \[(\d+)/(\d+)\] loss [\d.]+ \(([\d.]+)\)", log):
+        if batch == total:
+            last[int(epoch)] = float(avg)
+    return [last[e] for e in sorted(last)]
+
+
+@pytest.mark.slow
+def test_train_then_eval_only_reproduces_the_maps(tmp_path, tiny_clip_file):
+    root = tmp_path / "data"
+    write_image_list(str(root), CLASSES, n=8, synonyms=SYNONYMS, size=64)
+    (root / "captions.txt").write_text("\n".join(CAPTIONS * 6) + "\n")
+    common = ["--trainer", "TaIDPT", "--root", str(root), "--seed", "1",
+              "--dataset-config-file", os.path.join(REPO, "configs/datasets/image_list.yaml"),
+              "--config-file", os.path.join(REPO, "configs/trainers/TaIDPT/rn50_voc2007_debug.yaml")]
+    opts = ["MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(64, 64)",
+            "DATASET.CAPTIONS.SOURCE", "text", "DATASET.CAPTIONS.PATH", "captions.txt",
+            "DATALOADER.NUM_WORKERS", "0", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "-1",
+            "TRAIN.PRINT_FREQ", "1", "TRAINER.TAIDPT.N_CTX", "4"]
+    out = tmp_path / "out"
+    _train_py(*common, "--output-dir", str(out), *opts, cwd=tmp_path)
+    losses = _epoch_losses((out / "log.txt").read_text())
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
+    trained = json.loads((out / "results_test.json").read_text())["results"]
+
+    evaluated = tmp_path / "eval"
+    _train_py(*common, "--output-dir", str(evaluated), "--eval-only", "--model-dir", str(out),
+              "--load-epoch", "2", *opts, "DATASET.CAPTIONS.PATH", "missing.txt", cwd=tmp_path)
+    again = json.loads((evaluated / "results_test.json").read_text())["results"]
+    assert set(again) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
+    assert again == pytest.approx(trained, abs=1e-6)
