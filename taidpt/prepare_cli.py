@@ -11,6 +11,7 @@ from typing import Dict
 
 from tabulate import tabulate
 
+from taidpt.clip import context_length_of
 from taidpt.config import setup_cfg
 from taidpt.datasets.base import build_dataset
 from taidpt.datasets.captions import prepare
@@ -26,8 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="dataset YAML naming the caption source, e.g. "
                              "configs/datasets/coco2014_caption.yaml")
     parser.add_argument("--config-file", default="", help="method YAML (optional)")
-    parser.add_argument("--context-length", type=int, default=77,
-                        help="token length of the CLIP text encoder (77 for OpenAI CLIPs)")
+    parser.add_argument("--context-length", type=int, default=0,
+                        help="token length of the CLIP text encoder (default: read from "
+                             "MODEL.BACKBONE.PATH / NAME; 77 for OpenAI CLIPs)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     parser.set_defaults(func=run)
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Build the config like train.py, then prepare the dataset's caption cache."""
     cfg = setup_cfg(args.dataset_config_file, args.config_file,
                     flags={"DATASET.ROOT": args.root}, opts=args.opts)
-    path, stats = prepare(cfg, build_dataset(cfg), args.context_length, force=args.force)
+    backbone = cfg.MODEL.BACKBONE
+    length = args.context_length or context_length_of(backbone.PATH or backbone.NAME)
+    path, stats = prepare(cfg, build_dataset(cfg), length, force=args.force)
     print(format_stats(path, stats))
     return 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taidpt.clip import (CLIP_MODEL_URLS, GEOMETRIES, dense_image_features, encode_image,
+from taidpt.clip import (CLIP_MODEL_URLS, GEOMETRIES, context_length_of, dense_image_features, encode_image,
                          encode_prompt_embeddings, encode_text, geometry_from_state_dict,
                          load_clip, random_clip, save_clip, text_sequence_features, tokenize)
 
@@ -148,3 +148,9 @@ def test_encode_prompt_embeddings_equals_encode_text_for_token_embeddings(rn):
 def test_tokenize_truncates_and_keeps_eos():
     tokens = tokenize(["word " * 100], context_length=32)
     assert tokens.shape == (1, 32) and tokens[0, -1].item() == 49407 and tokens[0, 0].item() == 49406
+
+
+def test_context_length_of_file_name_and_default(tiny_clip_file):
+    assert context_length_of(tiny_clip_file) == 32
+    assert context_length_of("tiny-vit") == 32
+    assert context_length_of("RN50") == 77

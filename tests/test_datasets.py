@@ -441,7 +441,7 @@ def test_prepare_command(coco_root, capsys):
     argv = ["prepare", "--dataset-config-file",
             os.path.join(REPO, "configs", "datasets", "coco2014_caption.yaml"), "--root", str(root)]
     args = parse(argv + ["DATASET.CAPTIONS.PER_IMAGE", "-1"])
-    assert args.func is run and args.context_length == 77
+    assert args.func is run and args.context_length == 0  # 0: read from the configured CLIP
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "Caption cache (built)" in out and "captions_train2017.json" in out
@@ -452,6 +452,15 @@ def test_prepare_command(coco_root, capsys):
     assert "Caption cache (reused)" in capsys.readouterr().out
     run(parse(argv + ["--force", "DATASET.CAPTIONS.PER_IMAGE", "-1"]))
     assert "Caption cache (built)" in capsys.readouterr().out
+
+
+def test_prepare_reads_the_context_length_of_the_configured_clip(coco_root, capsys, tiny_clip_file):
+    root, _ = coco_root
+    run(parse(["prepare", "--dataset-config-file",
+               os.path.join(REPO, "configs", "datasets", "coco2014_caption.yaml"), "--root", str(root),
+               "MODEL.BACKBONE.PATH", tiny_clip_file]))
+    path = re.search(r"Caption cache \(built\): (\S+)", capsys.readouterr().out).group(1)
+    assert torch.load(path, weights_only=False)["tokens"].shape[1] == 32
 
 
 @pytest.mark.parametrize("name", ["voc2007_caption", "coco2014_caption", "nuswide_caption"])

@@ -194,6 +194,16 @@ def load_clip(name_or_path: str, device: Union[str, torch.device] = "cpu",
     return model.to(device)
 
 
+def context_length_of(name_or_path: str) -> int:
+    """The text context length of a CLIP file or model name without building the model (77 for
+    every openai-clip model; the file's positional embedding tells for others)."""
+    if os.path.isfile(name_or_path):
+        return _read_state_dict(name_or_path)["positional_embedding"].shape[0]
+    if name_or_path in GEOMETRIES:
+        return GEOMETRIES[name_or_path].context_length
+    return 77
+
+
 def to_fp16(model: CLIP) -> CLIP:
     """Cast CLIP's matmul / conv weights to fp16 in place, as openai-clip ships them (GPU use)."""
     convert_weights(model)
