@@ -61,3 +61,38 @@ def test_train_then_eval_only_reproduces_the_maps(tmp_path, tiny_clip_file):
     again = json.loads((evaluated / "results_test.json").read_text())["results"]
     assert set(again) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
     assert again == pytest.approx(trained, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_prepare_then_train_on_fake_voc_with_coco_captions(tmp_path, tiny_clip_file):
+    """Issue-5 acceptance: ``taidpt prepare`` builds the cache that ``train.py`` then reuses."""
+    from fake_data import write_coco_captions, write_fake_voc
+
+    root = tmp_path / "data"
+    write_fake_voc(str(root), n_test=8, n_trainval=2)
+    captions = [(i, text) for i in range(40) for text in
+                ("A man riding a motorbike past a parked car.", "A cat and a dog on a sofa.",
+                 "Two people on a train platform next to a bus.")]
+    write_coco_captions(str(root), captions)
+    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    dataset_cfg = os.path.join(REPO, "configs/datasets/voc2007_caption.yaml")
+    method_cfg = os.path.join(REPO, "configs/trainers/TaIDPT/rn50_voc2007_debug.yaml")
+    prepare = subprocess.run(
+        [sys.executable, "-m", "taidpt.cli", "prepare", "--dataset-config-file", dataset_cfg,
+         "--config-file", method_cfg, "--root", str(root), "MODEL.BACKBONE.PATH", tiny_clip_file,
+         "SEED", "1"],  # the seed picks the MAX_CAPTIONS subset, so it is part of the cache key
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert prepare.returncode == 0, prepare.stdout[-2000:] + prepare.stderr[-2000:]
+    assert "Caption cache (built)" in prepare.stdout
+    assert re.search(r"^captions kept +40$", prepare.stdout, re.MULTILINE)  # one per image
+
+    out = tmp_path / "out"
+    _train_py("--trainer", "Caption_distill_double", "--root", str(root), "--seed", "1",
+              "--dataset-config-file", dataset_cfg, "--config-file", method_cfg,
+              "--output-dir", str(out), "MODEL.BACKBONE.PATH", tiny_clip_file,
+              "INPUT.SIZE", "(64, 64)", "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path)
+    log = (out / "log.txt").read_text()
+    assert "Caption corpus: reusing" in log and "Training on" in log
+    results = json.loads((out / "results_test.json").read_text())
+    assert results["dataset"] == "VOC2007" and results["epoch"] == 2
+    assert set(results["results"]) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
