@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from taidpt.config import setup_cfg
 from taidpt.engine import build_trainer
 from taidpt.engine.utils import set_random_seed, setup_logger
+from taidpt.io import atomic_write
 
 logger = logging.getLogger("taidpt.train")
 
@@ -65,6 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.backends.cudnn.benchmark = True
     logger.info("** Arguments **\n%s", "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     logger.info("** Config **\n%s", cfg)
+    if cfg.OUTPUT_DIR:
+        atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump().encode()))
     logger.info("PyTorch %s, CUDA available: %s", torch.__version__, torch.cuda.is_available())
     trainer = build_trainer(cfg)
     if args.eval_only:

@@ -35,6 +35,9 @@ def test_zeroshot_clip_eval_only_on_image_list(tmp_path, tiny_clip_file):
     assert set(record["results"]) == {"mAP_global", "mAP_local", "mAP_merged", "mAP"}
     assert all(0.0 < v <= 100.0 for v in record["results"].values())
     assert not list(tmp_path.glob("*.pth*"))
+    from taidpt.config import setup_cfg
+    saved = setup_cfg(str(out / "config.yaml"))  # the full config, re-loadable as is
+    assert saved.MODEL.BACKBONE.PATH == tiny_clip_file and saved.TRAINER.NAME == "ZeroshotCLIP_dense"
 
 
 def test_unknown_key_and_missing_clip_weights_fail_fast(tmp_path):
