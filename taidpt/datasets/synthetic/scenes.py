@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from taidpt.datasets.synthetic.shapes import local_coords, object_mask, paint
+from taidpt.datasets.synthetic.shapes import REACH, local_coords, object_mask, paint
 
 VOCAB_FILE = Path(__file__).with_name("classes.json")
 OBJECT_COUNT_PROBS = (0.25, 0.3, 0.25, 0.2)  # P(1..4 objects)
@@ -39,16 +39,18 @@ class ObjectClass:
 
 
 @dataclass(frozen=True)
-class World:
-    """The vocabulary of a world: its classes and named backgrounds."""
+class Vocabulary:
+    """What scenes are made of: object classes, named background colours and patterns."""
 
     classes: Tuple[ObjectClass, ...]
     backgrounds: Dict[str, Tuple[int, int, int]]
     patterns: Tuple[str, ...]
 
 
-def load_world(num_classes: int = -1) -> World:
-    """The classes of ``classes.json`` (the first ``num_classes``; -1 all) and its backgrounds."""
+@lru_cache(maxsize=None)
+def load_vocabulary(num_classes: int = -1) -> Vocabulary:
+    """The classes of ``classes.json`` (the first ``num_classes``; -1 all) and its backgrounds.
+    Cached: treat the result as read-only."""
     data = json.loads(VOCAB_FILE.read_text(encoding="utf-8"))
     classes = [ObjectClass(tuple(c["synonyms"]), tuple(c["plurals"]), c["shape"], c["texture"],
                            {k: tuple(v) for k, v in c["colours"].items()}, tuple(c["detail"]))
@@ -57,7 +59,7 @@ def load_world(num_classes: int = -1) -> World:
         raise ValueError(f"DATASET.SYNTHETIC.NUM_CLASSES={num_classes}: {VOCAB_FILE} defines "
                          f"{len(classes)} classes; use 1..{len(classes)} or -1 for all of them.")
     classes = classes if num_classes == -1 else classes[:num_classes]
-    return World(tuple(classes), {k: tuple(v) for k, v in data["backgrounds"].items()},
+    return Vocabulary(tuple(classes), {k: tuple(v) for k, v in data["backgrounds"].items()},
                  tuple(data["patterns"]))
 
 
@@ -85,37 +87,46 @@ class Scene:
         return label
 
 
-def _visible_fractions(objects: Sequence[SceneObject], world: World) -> np.ndarray:
+def _visible(objects: Sequence[SceneObject], vocab: Vocabulary) -> np.ndarray:
+    """Per object: is at least ``MIN_VISIBLE`` of it left uncovered by the objects drawn after it?"""
+    xy = np.array([(obj.x, obj.y) for obj in objects])
+    reach = np.array([obj.size * REACH[vocab.classes[obj.label].shape] for obj in objects])
+    apart = np.linalg.norm(xy[:, None] - xy[None], axis=-1) >= reach[:, None] + reach[None]
+    if apart.sum() == len(objects) * (len(objects) - 1):  # no two objects can touch
+        return np.ones(len(objects), dtype=bool)
     owner = np.full((LAYOUT_RES, LAYOUT_RES), -1)
     areas = []
     for i, obj in enumerate(objects):
-        mask = np.asarray(object_mask(world.classes[obj.label].shape, obj.x * LAYOUT_RES,
+        mask = np.asarray(object_mask(vocab.classes[obj.label].shape, obj.x * LAYOUT_RES,
                                       obj.y * LAYOUT_RES, obj.size * LAYOUT_RES, obj.angle, LAYOUT_RES)) > 0
         owner[mask] = i
         areas.append(max(mask.sum(), 1))
-    return np.bincount(owner[owner >= 0], minlength=len(objects)) / np.array(areas)
+    return np.bincount(owner[owner >= 0], minlength=len(objects)) / np.array(areas) >= MIN_VISIBLE
 
 
-def sample_scene(rng: np.random.Generator, world: World, max_objects: int = 4) -> Scene:
+def _pick(rng: np.random.Generator, options: Sequence):
+    return options[int(rng.integers(len(options)))]
+
+
+def sample_scene(rng: np.random.Generator, vocab: Vocabulary, max_objects: int = 4) -> Scene:
     """Draw 1..``max_objects`` objects (classes may repeat), each at least half visible."""
-    probs = np.array(OBJECT_COUNT_PROBS[:max_objects])
+    probs = np.cumsum(OBJECT_COUNT_PROBS[:max_objects])
     labels: List[int] = []
-    for _ in range(1 + rng.choice(len(probs), p=probs / probs.sum())):
-        unused = [c for c in range(len(world.classes)) if c not in labels]
-        repeat = labels and (not unused or rng.random() < REPEAT_PROB)
-        labels.append(int(rng.choice(labels if repeat else unused)))
+    for _ in range(1 + int(np.searchsorted(probs / probs[-1], rng.random()))):
+        unused = [c for c in range(len(vocab.classes)) if c not in labels]
+        labels.append(_pick(rng, labels if labels and (not unused or rng.random() < REPEAT_PROB) else unused))
     for _ in range(20):
-        objects = []
-        for label in labels:
-            size = rng.uniform(*SIZE_RANGE)
-            x, y = rng.uniform(size, 1 - size, size=2)
-            objects.append(SceneObject(label, str(rng.choice(list(world.classes[label].colours))),
-                                       float(x), float(y), float(size), float(rng.uniform(0, 2 * np.pi))))
-        visible = _visible_fractions(objects, world) >= MIN_VISIBLE
+        sizes = rng.uniform(*SIZE_RANGE, size=len(labels))
+        centres = rng.uniform(sizes[:, None], 1 - sizes[:, None], size=(len(labels), 2))
+        angles = rng.uniform(0, 2 * np.pi, size=len(labels))
+        objects = [SceneObject(label, _pick(rng, list(vocab.classes[label].colours)), float(x), float(y),
+                               float(size), float(angle))
+                   for label, (x, y), size, angle in zip(labels, centres, sizes, angles)]
+        visible = _visible(objects, vocab)
         if visible.all():
             break
     objects = [obj for obj, keep in zip(objects, visible) if keep]
-    return Scene(tuple(objects), str(rng.choice(list(world.backgrounds))), str(rng.choice(world.patterns)),
+    return Scene(tuple(objects), _pick(rng, list(vocab.backgrounds)), _pick(rng, vocab.patterns),
                  int(rng.integers(2 ** 31)))
 
 
@@ -150,31 +161,38 @@ def _background(rng: np.random.Generator, rgb: Sequence[int], pattern: str, res:
         light = 1.0 - 0.15 * ((np.hypot((xs % period) / period - 0.5, (ys % period) / period - 0.5)) < 0.25)
     else:
         light = np.ones_like(xs)
-    return np.clip(base * light[..., None] + 8.0 * (base < 60), 0, 255)
+    return np.clip(base * light[..., None], 0, 255).astype(np.uint8)
 
 
-def render_scene(scene: Scene, world: World, size: int = 64, supersample: int = 2) -> np.ndarray:
-    """Draw a scene: ``size x size x 3`` uint8 (objects anti-aliased by ``supersample``, then noise)."""
+def _coverage(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Fraction of each ``factor x factor`` block that is set: ``H x W`` bool -> ``H/f x W/f`` float."""
+    return sum(mask[i::factor, j::factor].astype(np.float32) for i in range(factor)
+               for j in range(factor)) / factor ** 2
+
+
+def render_scene(scene: Scene, vocab: Vocabulary, size: int = 64, supersample: int = 2) -> np.ndarray:
+    """Draw a scene: ``size x size x 3`` uint8; object edges anti-aliased by ``supersample``."""
     rng = np.random.default_rng(scene.render_seed)
-    canvas = Image.fromarray(_background(rng, world.backgrounds[scene.background], scene.pattern, size)
-                             .astype(np.uint8))
+    canvas = Image.fromarray(_background(rng, vocab.backgrounds[scene.background], scene.pattern, size))
     draw = ImageDraw.Draw(canvas)
     for _ in range(rng.integers(0, 4)):  # clutter: thin lines that belong to no class
         draw.line(rng.uniform(0, size, 4).tolist(), fill=tuple(rng.integers(0, 256, 3).tolist()))
-    res = size * supersample
-    image = np.asarray(canvas, dtype=np.float32).repeat(supersample, 0).repeat(supersample, 1)
-    ys, xs = _grid(res)
+    image = np.asarray(canvas, dtype=np.float32).copy()
+    # Noise is drawn before the objects: an object's random colour does not shift it.
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 10)
+    ys, xs = (grid + 0.5 for grid in _grid(size))
     for obj in scene.objects:
-        cls = world.classes[obj.label]
-        x, y, radius = obj.x * res, obj.y * res, obj.size * res
-        box = tuple(slice(max(int(c - 1.2 * radius) - 1, 0), min(int(c + 1.2 * radius) + 2, res)) for c in (y, x))
-        mask = (np.asarray(object_mask(cls.shape, x, y, radius, obj.angle, res)) > 0)[box]
+        cls = vocab.classes[obj.label]
+        x, y, radius = obj.x * size, obj.y * size, obj.size * size
+        reach = REACH[cls.shape] * radius
+        box = tuple(slice(max(int(c - reach) - 1, 0), min(int(c + reach) + 2, size)) for c in (y, x))
+        fine = tuple(slice(b.start * supersample, b.stop * supersample) for b in box)
+        mask = np.asarray(object_mask(cls.shape, x * supersample, y * supersample, radius * supersample,
+                                      obj.angle, size * supersample))[fine] > 0
+        alpha = _coverage(mask, supersample)[..., None]
+        edge = _coverage(mask & ~_erode(mask, supersample), supersample)[..., None]
         base = np.array(cls.colours[obj.colour], np.float32) * rng.uniform(0.85, 1.1) + rng.normal(0, 8, 3)
-        u, v = local_coords(xs[box][mask], ys[box][mask], x, y, radius, obj.angle)
-        crop = image[box]
-        crop[mask] = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32))
-        crop[mask & ~_erode(mask, supersample)] *= 0.45  # dark outline
-    image = sum(image[i::supersample, j::supersample] for i in range(supersample)
-                for j in range(supersample)) / supersample ** 2
-    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 10)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        u, v = local_coords(xs[box], ys[box], x, y, radius, obj.angle)
+        colours = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32))
+        image[box] += alpha * (colours * (1 - 0.55 * edge / np.maximum(alpha, 1e-6)) - image[box])
+    return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)

@@ -36,7 +36,8 @@ def _star(points: int = 5, inner: float = 0.42) -> Polygon:
 # name -> [(polygon, filled)]; later polygons paint over earlier ones.
 SHAPES: Dict[str, List[Tuple[Polygon, bool]]] = {
     "circle": [(_circle(), True)],
-    "apple": [(_circle(0.95, 0, 0.05), True), (np.array([[-0.07, -1.15], [0.07, -1.15], [0.07, -0.7], [-0.07, -0.7]]), True)],
+    "apple": [(_circle(0.95, 0, 0.05), True),
+              (np.array([[-0.07, -1.15], [0.07, -1.15], [0.07, -0.7], [-0.07, -0.7]]), True)],
     "ring": [(_circle(), True), (_circle(0.42), False)],
     "egg": [(_curve(lambda t: 0.72 * np.cos(t) * (1 + 0.12 * np.sin(t)), np.sin), True)],
     "lemon": [(_curve(lambda t: np.cos(t) * (1 + 0.22 * np.exp(-np.sin(t) ** 2 / 0.015)),
@@ -55,6 +56,9 @@ SHAPES: Dict[str, List[Tuple[Polygon, bool]]] = {
     "flower": [(_polar(lambda t: 0.45 + 0.55 * np.abs(np.cos(2.5 * t))), True)],
     "kite": [(np.array([[0.0, -1.0], [0.62, -0.25], [0.0, 1.0], [-0.62, -0.25]]), True)],
 }
+# How far each shape reaches from its centre, in radii.
+REACH: Dict[str, float] = {name: max(float(np.linalg.norm(p, axis=1).max()) for p, filled in parts if filled)
+                           for name, parts in SHAPES.items()}
 
 _SPRINKLES = np.array([(0.71 * np.cos(a), 0.71 * np.sin(a)) for a in np.arange(9) * 2 * np.pi / 9 + 0.3])
 _SPRINKLE_PAINT = np.array([[60, 120, 230], [250, 220, 40]], dtype=np.float32)
@@ -107,9 +111,11 @@ def paint(texture: str, u: np.ndarray, v: np.ndarray, base: np.ndarray, detail: 
     elif texture == "eye":
         spot = ((u + 0.6) ** 2 + (v + 0.08) ** 2) < 0.012
     elif texture == "mortar":
-        spot = (np.abs(v) < 0.06) | ((v < 0) & (np.abs(u) < 0.06)) | ((v > 0) & (np.abs(np.abs(u) - 0.5) < 0.06))
+        joints = np.where(v < 0, np.abs(u), np.abs(np.abs(u) - 0.5))  # staggered rows of bricks
+        spot = (np.abs(v) < 0.06) | (joints < 0.06)
     elif texture == "holes":
-        spot = ((u[..., None] - _HOLES[:, 0]) ** 2 + (v[..., None] - _HOLES[:, 1]) ** 2 < _HOLES[:, 2] ** 2).any(-1)
+        dist2 = (u[..., None] - _HOLES[:, 0]) ** 2 + (v[..., None] - _HOLES[:, 1]) ** 2
+        spot = (dist2 < _HOLES[:, 2] ** 2).any(-1)
     elif texture == "trunk":
         spot = v > 0.45
     elif texture == "centre":
