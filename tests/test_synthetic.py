@@ -15,7 +15,7 @@ from taidpt.datasets.labelling import Labeller
 from taidpt.datasets.synthetic import (Synthetic, WorldSpec, build_tiny_clip, build_world, load_vocabulary,
                                        render_scene, sample_scene, scene_at, write_caption)
 from taidpt.datasets.synthetic import captions as caption_module
-from taidpt.datasets.synthetic import cli, world as world_module
+from taidpt.datasets.synthetic import cli, scenes as scenes_module, world as world_module
 from taidpt.datasets.synthetic.shapes import SHAPES, object_mask
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.metrics import mean_average_precision
@@ -98,6 +98,50 @@ def test_labels_are_the_visible_objects(seed):
             areas.append(mask.sum())
         visible = np.bincount(owner[owner >= 0], minlength=len(areas)) / np.array(areas)
         assert visible.min() > 0.45
+
+
+def _background_spread(image, scene):
+    """Std of the pixels far from every object: sensor noise and background pattern."""
+    ys, xs = np.mgrid[0:64, 0:64] / 64
+    far = np.ones((64, 64), bool)
+    for obj in scene.objects:
+        far &= np.hypot(xs - obj.x, ys - obj.y) > 1.6 * obj.size
+    return image[far].astype(float).std(0).mean() if far.sum() > 50 else None
+
+
+def test_styles_are_drawn_as_named():
+    """Photos are noisy, drawings flat, sketches grey; every style is common."""
+    scenes = _scenes(300)
+    styles = [s.style for s in scenes]
+    assert {style: styles.count(style) > 30 for style in scenes_module.STYLE_PROBS} == \
+        {style: True for style in scenes_module.STYLE_PROBS}
+    spread = {style: [] for style in scenes_module.STYLE_PROBS}
+    for scene in scenes[:120]:
+        image = render_scene(scene, VOCAB)
+        if scene.style == "sketch":
+            assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+        else:
+            assert np.abs(image[..., 0].astype(int) - image[..., 2]).max() > 20
+        value = _background_spread(image, scene)
+        if value is not None:
+            spread[scene.style].append(value)
+    assert np.median(spread["photo"]) > 3 * np.median(spread["drawing"])
+
+
+def test_captions_name_the_style_and_no_colour_in_sketches():
+    colour_words = {w for c in VOCAB.classes for colour in c.colours for w in colour.split()}
+    style_words = {style: {w for phrase in words for w in phrase.split()} - {"and", "white", "black", "drawing"}
+                   for style, words in caption_module.STYLE_WORDS.items()}
+    named = {style: 0 for style in style_words}
+    for scene, caption in _captioned(800):
+        words = set(caption.replace(",", " ").replace(".", " ").split())
+        for style, own in style_words.items():
+            if style != scene.style:
+                assert not words & own, (scene.style, caption)
+        named[scene.style] += bool(words & style_words[scene.style])
+        if scene.style == "sketch":
+            assert not set(caption.replace("black and white", "").split()) & colour_words, caption
+    assert all(count > 10 for count in named.values()), named
 
 
 def test_objects_change_the_pixels_they_cover():
@@ -282,10 +326,10 @@ def test_tiny_clip_is_built_once_and_loads(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_pretrained_tiny_clip_is_far_above_chance(tmp_path):
-    """A reduced world (8 classes, 6,000 pairs, 100 steps) already recognises its test images."""
+    """A reduced world (8 classes, 6,000 pairs, 200 steps) already recognises its test images."""
     spec = WorldSpec(seed=5, num_classes=8, num_pairs=6000, num_captions=10, num_test=300, num_val=1,
                      num_train=1)
-    model = load_clip(str(build_tiny_clip(spec, str(tmp_path), steps=100)))
+    model = load_clip(str(build_tiny_clip(spec, str(tmp_path), steps=200)))
     root = build_world(spec, str(tmp_path))
     lines = (root / "test.txt").read_text().splitlines()
     images = torch.from_numpy(np.stack([np.asarray(Image.open(root / line.split()[0])) for line in lines]))
@@ -297,4 +341,4 @@ def test_pretrained_tiny_clip_is_far_above_chance(tmp_path):
         prompts = tokenize([f"a photo of a {c.name}." for c in load_vocabulary(8).classes], context_length=32)
         text = torch.nn.functional.normalize(model.encode_text(prompts), dim=-1)
     zero_shot = mean_average_precision((image @ text.t()).numpy(), targets)
-    assert zero_shot > 100 * (targets == 1).mean() + 30
+    assert zero_shot > 100 * (targets == 1).mean() + 20

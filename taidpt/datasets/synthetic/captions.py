@@ -16,13 +16,15 @@ MAX_WORDS = 20  # keeps every caption within CLIP's 32-token context of the tiny
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 PATTERN_WORDS = {"plain": "plain", "gradient": "faded", "striped": "striped", "dotted": "dotted"}
 TEMPLATES = (
-    "a photo of {0}.", "a picture of {0}.", "a {adj} drawing of {0}.", "an image with {0} on a {bg} background.",
+    "a {style} of {0}.", "a picture of {0}.", "a {adj} {style} of {0}.", "an image with {0} on a {bg} background.",
     "there {be} {0}.", "there {be} {0} in this image.", "{0}.", "{0} on a {bg} background.", "i can see {0}.",
-    "this {view} shows {0}.", "a {adj} {view} of {0} on {bg}.", "{0}, some lines and noise.",
-    "close-up of {0}.", "{0} in a {adj} scene.",
+    "this {style} shows {0}.", "a {adj} {view} of {0} on {bg}.", "{0} and some lines.",
+    "close-up of {0}.", "{0} in a {adj} scene.", "a {style} with {0}.",
 )
-ADJECTIVES = ("simple", "colorful", "cute", "quick", "nice", "cartoon", "noisy")
-VIEWS = ("picture", "image", "photo", "drawing", "scene")
+ADJECTIVES = ("simple", "colorful", "cute", "quick", "nice", "small", "old")
+VIEWS = ("picture", "image", "scene")
+STYLE_WORDS = {"photo": ("photo", "photograph", "snapshot"), "drawing": ("drawing", "cartoon", "illustration"),
+               "sketch": ("sketch", "pencil sketch", "black and white drawing")}
 
 
 def _article(word: str) -> str:
@@ -40,13 +42,14 @@ def _position(obj: SceneObject) -> str:
 
 
 def _noun_phrase(objects: Sequence[SceneObject], vocab: Vocabulary, rng: np.random.Generator,
-                 detail: int) -> str:
-    """E.g. 'a small red apple on the left' (detail 2), 'two red balls' (1), 'a pair of hearts' (0)."""
+                 detail: int, colour: bool = True) -> str:
+    """E.g. 'a small red apple on the left' (detail 2), 'two red balls' (1), 'a pair of hearts' (0);
+    ``colour=False`` (grey sketches) never names a colour."""
     cls = vocab.classes[objects[0].label]
     k = 0 if len(cls.synonyms) == 1 or rng.random() < 0.7 else int(rng.integers(1, len(cls.synonyms)))
     words: List[str] = []
     colours = {obj.colour for obj in objects}
-    if detail and len(colours) == 1 and rng.random() < 0.5:
+    if detail and len(colours) == 1 and rng.random() < 0.5 and colour:
         words.append(colours.pop())
     if len(objects) == 1:
         size = objects[0].size
@@ -77,10 +80,13 @@ def write_caption(scene: Scene, vocab: Vocabulary, rng: np.random.Generator) -> 
         labels = labels[: rng.integers(1, len(labels))]
     located = int(rng.integers(len(labels))) if rng.random() < 0.3 else -1
     template = str(rng.choice(TEMPLATES))
-    background = f"{PATTERN_WORDS[scene.pattern]} {scene.background}" if rng.random() < 0.5 else scene.background
-    fills = {"adj": rng.choice(ADJECTIVES), "view": rng.choice(VIEWS), "bg": background}
+    background = "plain" if scene.style == "sketch" else scene.background  # sketches are grey
+    if scene.style == "photo" and rng.random() < 0.5:  # only photos have background patterns
+        background = f"{PATTERN_WORDS[scene.pattern]} {scene.background}"
+    fills = {"adj": rng.choice(ADJECTIVES), "view": rng.choice(VIEWS), "bg": background,
+             "style": rng.choice(STYLE_WORDS[scene.style])}
     for detail in (2, 1, 0):  # a caption over MAX_WORDS is written again with fewer details
-        phrases = [_noun_phrase(groups[label], vocab, rng, min(detail, 1 + (i == located)))
+        phrases = [_noun_phrase(groups[label], vocab, rng, min(detail, 1 + (i == located)), scene.style != "sketch")
                    for i, label in enumerate(labels)]
         fills["be"] = "is" if phrases[0].startswith(("a ", "an ")) else "are"
         caption = template.format(_join(phrases, rng), **fills)

@@ -22,6 +22,10 @@ REPEAT_PROB = 0.25  # an object repeats an earlier class (gives counts: "two sta
 SIZE_RANGE = (0.12, 0.26)  # object radius, fraction of the image side
 MIN_VISIBLE = 0.5  # an object keeps at least this fraction of its pixels after occlusion
 LAYOUT_RES = 64  # resolution of the occlusion check (independent of the image size)
+# How a scene is drawn, like the domains of real images: "photo" (shaded objects, textured
+# background, sensor noise), "drawing" (flat colours, dark outlines, no noise) or "sketch"
+# (a drawing in grey levels). Captions name the style only sometimes.
+STYLE_PROBS = {"photo": 0.5, "drawing": 0.3, "sketch": 0.2}
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Scene:
     background: str
     pattern: str
     render_seed: int
+    style: str = "photo"
 
     def label_vector(self, num_classes: int) -> np.ndarray:
         """``C`` float32 labels: 1 for classes in the scene, -1 otherwise."""
@@ -126,8 +131,9 @@ def sample_scene(rng: np.random.Generator, vocab: Vocabulary, max_objects: int =
         if visible.all():
             break
     objects = [obj for obj, keep in zip(objects, visible) if keep]
+    style = str(rng.choice(list(STYLE_PROBS), p=list(STYLE_PROBS.values())))
     return Scene(tuple(objects), _pick(rng, list(vocab.backgrounds)), _pick(rng, vocab.patterns),
-                 int(rng.integers(2 ** 31)))
+                 int(rng.integers(2 ** 31)), style)
 
 
 @lru_cache(maxsize=8)
@@ -171,9 +177,11 @@ def _coverage(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def render_scene(scene: Scene, vocab: Vocabulary, size: int = 64, supersample: int = 2) -> np.ndarray:
-    """Draw a scene: ``size x size x 3`` uint8; object edges anti-aliased by ``supersample``."""
+    """Draw a scene in its style: ``size x size x 3`` uint8; object edges anti-aliased by ``supersample``."""
     rng = np.random.default_rng(scene.render_seed)
-    canvas = Image.fromarray(_background(rng, vocab.backgrounds[scene.background], scene.pattern, size))
+    photo = scene.style == "photo"
+    canvas = Image.fromarray(_background(rng, vocab.backgrounds[scene.background],
+                                         scene.pattern if photo else "plain", size))
     draw = ImageDraw.Draw(canvas)
     for _ in range(rng.integers(0, 4)):  # clutter: thin lines that belong to no class
         draw.line(rng.uniform(0, size, 4).tolist(), fill=tuple(rng.integers(0, 256, 3).tolist()))
@@ -190,9 +198,14 @@ def render_scene(scene: Scene, vocab: Vocabulary, size: int = 64, supersample: i
         mask = np.asarray(object_mask(cls.shape, x * supersample, y * supersample, radius * supersample,
                                       obj.angle, size * supersample))[fine] > 0
         alpha = _coverage(mask, supersample)[..., None]
-        edge = _coverage(mask & ~_erode(mask, supersample), supersample)[..., None]
+        edge = _coverage(mask & ~_erode(mask, supersample * (1 if photo else 2)), supersample)[..., None]
         base = np.array(cls.colours[obj.colour], np.float32) * rng.uniform(0.85, 1.1) + rng.normal(0, 8, 3)
         u, v = local_coords(xs[box], ys[box], x, y, radius, obj.angle)
-        colours = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32))
-        image[box] += alpha * (colours * (1 - 0.55 * edge / np.maximum(alpha, 1e-6)) - image[box])
-    return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
+        colours = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32), shaded=photo)
+        darken = 0.55 if photo else 0.9  # drawings have dark outlines
+        image[box] += alpha * (colours * (1 - darken * edge / np.maximum(alpha, 1e-6)) - image[box])
+    if photo:
+        image += noise
+    elif scene.style == "sketch":
+        image[:] = (image @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)

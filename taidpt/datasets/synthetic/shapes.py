@@ -90,10 +90,12 @@ def local_coords(xs: np.ndarray, ys: np.ndarray, x: float, y: float, radius: flo
     return (dx * c + dy * s) / radius, (-dx * s + dy * c) / radius
 
 
-def paint(texture: str, u: np.ndarray, v: np.ndarray, base: np.ndarray, detail: np.ndarray) -> np.ndarray:
-    """Colours ``H x W x 3`` (float, 0..255) of an object's ``texture`` at local coordinates."""
+def paint(texture: str, u: np.ndarray, v: np.ndarray, base: np.ndarray, detail: np.ndarray,
+          shaded: bool = True) -> np.ndarray:
+    """Colours ``H x W x 3`` (float, 0..255) of an object's ``texture`` at local coordinates
+    (``shaded``: lit like a photographed object, else flat)."""
     r2 = u ** 2 + v ** 2
-    shade = (1.08 - 0.22 * np.clip(r2, 0.0, 1.0))[..., None]
+    shade = (1.08 - 0.22 * np.clip(r2, 0.0, 1.0))[..., None] if shaded else np.ones(u.shape + (1,))
     out = np.broadcast_to(base, u.shape + (3,)) * shade
     if texture == "highlight":
         out = np.where((((u + 0.35) ** 2 + (v + 0.3) ** 2) < 0.03)[..., None], 0.5 * out + 125, out)

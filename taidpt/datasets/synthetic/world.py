@@ -36,7 +36,7 @@ from taidpt.datasets.synthetic.scenes import Scene, load_vocabulary, render_scen
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when scenes, rendering or captions change: old caches stop matching
+GENERATOR_VERSION = 2  # bump when scenes, rendering or captions change: old caches stop matching
 SPLIT_STREAMS = {"pairs": 0, "captions": 1, "test": 2, "val": 3}
 PRETRAIN_STEPS = 400
 CHUNK = 250  # scenes per worker task
