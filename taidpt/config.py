@@ -6,6 +6,8 @@ errors that name the key and where it came from. The reference implementation's 
 """
 from __future__ import annotations
 
+import ast
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -69,9 +71,29 @@ def _check_key(cfg: CN, key: str, source: str) -> None:
         node = node[part]
 
 
+def _current(cfg: CN, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _int_as_float(value: Any) -> Any:
+    """``20`` or ``"20"`` -> ``20.0`` (yacs would reject an int for a float key); else ``value``."""
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return float(parsed) if type(parsed) is int else value
+    return float(value) if type(value) is int else value
+
+
 def _merge_pairs(cfg: CN, pairs: List[Any], source: str) -> None:
-    for key in pairs[0::2]:
-        _check_key(cfg, key, source)
+    for i in range(0, len(pairs), 2):
+        _check_key(cfg, pairs[i], source)
+        if isinstance(_current(cfg, pairs[i]), float):
+            pairs[i + 1] = _int_as_float(pairs[i + 1])
     try:
         cfg.merge_from_list(pairs)
     except (ValueError, AssertionError, KeyError) as err:

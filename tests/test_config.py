@@ -57,6 +57,18 @@ def test_odd_opts_and_bad_type_are_errors():
         setup_cfg(opts=["OPTIM.MAX_EPOCH", "'ten'"])
 
 
+def test_whole_numbers_are_accepted_for_float_keys(tmp_path):
+    """``TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE 20`` works, from opts and from YAML; ints stay ints."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("OPTIM:\n  LR: 1\n", encoding="utf-8")
+    cfg = setup_cfg(str(path), opts=["TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE", "20", "OPTIM.MAX_EPOCH", "3"])
+    assert cfg.TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE == 20.0 and isinstance(cfg.TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE, float)
+    assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float)
+    assert cfg.OPTIM.MAX_EPOCH == 3 and isinstance(cfg.OPTIM.MAX_EPOCH, int)
+    with pytest.raises(ConfigError, match="Bad value"):
+        setup_cfg(opts=["OPTIM.LR", "'fast'"])
+
+
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         setup_cfg("/nonexistent/ds.yaml")
