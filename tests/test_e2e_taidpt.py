@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fake_data import write_image_list
 
@@ -61,6 +62,13 @@ def test_train_then_eval_only_reproduces_the_maps(tmp_path, tiny_clip_file):
     again = json.loads((evaluated / "results_test.json").read_text())["results"]
     assert set(again) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
     assert again == pytest.approx(trained, abs=1e-6)
+
+    retrained = tmp_path / "retrained"  # the same seed trains the same prompts
+    _train_py(*common, "--output-dir", str(retrained), *opts, cwd=tmp_path)
+    assert json.loads((retrained / "results_test.json").read_text())["results"] == trained
+    weights = [torch.load(run / "prompt_learner" / "model.pth.tar-2", map_location="cpu")["state_dict"]
+               for run in (out, retrained)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 @pytest.mark.slow
