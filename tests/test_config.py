@@ -62,7 +62,8 @@ def test_whole_numbers_are_accepted_for_float_keys(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("OPTIM:\n  LR: 1\n", encoding="utf-8")
     cfg = setup_cfg(str(path), opts=["TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE", "20", "OPTIM.MAX_EPOCH", "3"])
-    assert cfg.TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE == 20.0 and isinstance(cfg.TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE, float)
+    scale = cfg.TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE
+    assert scale == 20.0 and isinstance(scale, float)
     assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float)
     assert cfg.OPTIM.MAX_EPOCH == 3 and isinstance(cfg.OPTIM.MAX_EPOCH, int)
     with pytest.raises(ConfigError, match="Bad value"):

@@ -1,7 +1,8 @@
 """Captions of synthetic scenes in varied English, like real captions: often partial.
 
 A caption names some or all of the scene's classes (by a synonym, with counts, colours, sizes and
-positions), inside one of several sentence structures, with words that name no class.
+positions), inside one of several sentence structures, with words that name no class; about a
+third of the structures name the scene's style ("a photo of ...", "a pencil sketch with ...").
 """
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ MAX_WORDS = 20  # keeps every caption within CLIP's 32-token context of the tiny
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 PATTERN_WORDS = {"plain": "plain", "gradient": "faded", "striped": "striped", "dotted": "dotted"}
 TEMPLATES = (
-    "a {style} of {0}.", "a picture of {0}.", "a {adj} {style} of {0}.", "an image with {0} on a {bg} background.",
-    "there {be} {0}.", "there {be} {0} in this image.", "{0}.", "{0} on a {bg} background.", "i can see {0}.",
-    "this {style} shows {0}.", "a {adj} {view} of {0} on {bg}.", "{0} and some lines.",
-    "close-up of {0}.", "{0} in a {adj} scene.", "a {style} with {0}.",
+    "a {style} of {0}.", "a picture of {0}.", "a {adj} {style} of {0}.",
+    "an image with {0} on a {bg} background.", "there {be} {0}.", "there {be} {0} in this image.", "{0}.",
+    "{0} on a {bg} background.", "i can see {0}.", "this {style} shows {0}.", "a {adj} {view} of {0} on {bg}.",
+    "{0} and some lines.", "close-up of {0}.", "{0} in a {adj} scene.", "a {style} with {0}.",
 )
 ADJECTIVES = ("simple", "colorful", "cute", "quick", "nice", "small", "old")
 VIEWS = ("picture", "image", "scene")
-STYLE_WORDS = {"photo": ("photo", "photograph", "snapshot"), "drawing": ("drawing", "cartoon", "illustration"),
+STYLE_WORDS = {"photo": ("photo", "photograph", "snapshot"),
+               "drawing": ("drawing", "cartoon", "illustration"),
                "sketch": ("sketch", "pencil sketch", "black and white drawing")}
 
 
@@ -86,8 +88,8 @@ def write_caption(scene: Scene, vocab: Vocabulary, rng: np.random.Generator) -> 
     fills = {"adj": rng.choice(ADJECTIVES), "view": rng.choice(VIEWS), "bg": background,
              "style": rng.choice(STYLE_WORDS[scene.style])}
     for detail in (2, 1, 0):  # a caption over MAX_WORDS is written again with fewer details
-        phrases = [_noun_phrase(groups[label], vocab, rng, min(detail, 1 + (i == located)), scene.style != "sketch")
-                   for i, label in enumerate(labels)]
+        phrases = [_noun_phrase(groups[label], vocab, rng, min(detail, 1 + (i == located)),
+                                colour=scene.style != "sketch") for i, label in enumerate(labels)]
         fills["be"] = "is" if phrases[0].startswith(("a ", "an ")) else "are"
         caption = template.format(_join(phrases, rng), **fills)
         if len(caption.split()) <= MAX_WORDS:

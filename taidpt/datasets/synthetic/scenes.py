@@ -201,7 +201,8 @@ def render_scene(scene: Scene, vocab: Vocabulary, size: int = 64, supersample: i
         edge = _coverage(mask & ~_erode(mask, supersample * (1 if photo else 2)), supersample)[..., None]
         base = np.array(cls.colours[obj.colour], np.float32) * rng.uniform(0.85, 1.1) + rng.normal(0, 8, 3)
         u, v = local_coords(xs[box], ys[box], x, y, radius, obj.angle)
-        colours = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32), shaded=photo)
+        colours = paint(cls.texture, u, v, np.clip(base, 0, 255), np.array(cls.detail, np.float32),
+                        shaded=photo)
         darken = 0.55 if photo else 0.9  # drawings have dark outlines
         image[box] += alpha * (colours * (1 - darken * edge / np.maximum(alpha, 1e-6)) - image[box])
     if photo:
