@@ -7,7 +7,7 @@ saves it as Markdown and CSV with a bar chart under ``--output-dir``.
 
     python scripts/quickstart.py                 # seed 1: ~7 min on 2 CPU cores, ~2 min cached
     python scripts/quickstart.py --seeds 1 2 3   # mean and std over three worlds
-    python scripts/quickstart.py --quick         # a small world and short runs (CI)
+    python scripts/quickstart.py --quick         # a small world (8 classes) and short runs (CI)
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ TRAINER_CFG = {
 }
 QUICK_WORLD = ["DATASET.SYNTHETIC.NUM_PAIRS", "6000", "DATASET.SYNTHETIC.NUM_CAPTIONS", "3000",
                "DATASET.SYNTHETIC.NUM_TEST", "400", "DATASET.SYNTHETIC.NUM_VAL", "100",
-               "DATASET.SYNTHETIC.NUM_TRAIN", "400", "DATASET.SYNTHETIC.PRETRAIN_STEPS", "80"]
+               "DATASET.SYNTHETIC.NUM_TRAIN", "400", "DATASET.SYNTHETIC.PRETRAIN_STEPS", "160",
+               "DATASET.SYNTHETIC.NUM_CLASSES", "8"]
 QUICK_RUNS = {"TaIDPT": ["OPTIM.MAX_EPOCH", "3"], "LinearProbe": ["OPTIM.MAX_EPOCH", "20"]}
 # (table row, run, result key, training data, uses image labels)
 ROWS = [
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "quickstart"))
-    parser.add_argument("--quick", action="store_true", help="small world, short runs (CI)")
+    parser.add_argument("--quick", action="store_true", help="small world (8 classes), short runs (CI)")
     args = parser.parse_args(argv)
     setup_logger()
     world_opts = QUICK_WORLD if args.quick else []

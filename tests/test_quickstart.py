@@ -24,7 +24,9 @@ def test_quickstart_quick_completes_and_writes_the_table(tmp_path):
     results = json.loads((out / "results.json").read_text())
     chance = results["chance"]["1"]
     seed = results["per_seed"]["1"]
-    assert seed["ZeroshotCLIP"]["mAP_global"] > chance  # the pretrained tiny CLIP is above chance
+    # The reduced tiny CLIP (8 classes, 160 steps) is far above chance, and so are the prompts it learns.
+    assert seed["ZeroshotCLIP"]["mAP_global"] > chance + 15
+    assert seed["TaIDPT"]["mAP_merged"] > chance + 15
     for run_name in ("ZeroshotCLIP", "TaIDPT"):
         assert set(seed[run_name]) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
     assert (out / "seed1" / "TaIDPT" / "prompt_learner" / "model.pth.tar-3").is_file()
