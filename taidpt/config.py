@@ -7,7 +7,6 @@ errors that name the key and where it came from. The reference implementation's 
 from __future__ import annotations
 
 import ast
-
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -61,19 +60,14 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def _check_key(cfg: CN, key: str, source: str) -> None:
+def _check_key(cfg: CN, key: str, source: str) -> Any:
+    """The current value of ``key``; an unknown key is a :class:`ConfigError` naming ``source``."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, CN) or part not in node:
             raise ConfigError(
                 f"Unknown config key {key!r} in {source}. Check its spelling against "
                 f"taidpt.config.get_cfg_default() (trainer keys live under TRAINER.<NAME_UPPER>).")
-        node = node[part]
-
-
-def _current(cfg: CN, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
         node = node[part]
     return node
 
@@ -91,8 +85,7 @@ def _int_as_float(value: Any) -> Any:
 
 def _merge_pairs(cfg: CN, pairs: List[Any], source: str) -> None:
     for i in range(0, len(pairs), 2):
-        _check_key(cfg, pairs[i], source)
-        if isinstance(_current(cfg, pairs[i]), float):
+        if isinstance(_check_key(cfg, pairs[i], source), float):
             pairs[i + 1] = _int_as_float(pairs[i + 1])
     try:
         cfg.merge_from_list(pairs)

@@ -186,7 +186,7 @@ def render_scene(scene: Scene, vocab: Vocabulary, size: int = 64, supersample: i
     for _ in range(rng.integers(0, 4)):  # clutter: thin lines that belong to no class
         draw.line(rng.uniform(0, size, 4).tolist(), fill=tuple(rng.integers(0, 256, 3).tolist()))
     image = np.asarray(canvas, dtype=np.float32).copy()
-    # Noise is drawn before the objects: an object's random colour does not shift it.
+    # Noise is drawn before the objects (an object's random colour does not shift it), in every style.
     noise = rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 10)
     ys, xs = (grid + 0.5 for grid in _grid(size))
     for obj in scene.objects:
