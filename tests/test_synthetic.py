@@ -113,8 +113,8 @@ def test_styles_are_drawn_as_named():
     """Photos are noisy, drawings flat, sketches grey; every style is common."""
     scenes = _scenes(300)
     styles = [s.style for s in scenes]
-    assert {style: styles.count(style) > 30 for style in scenes_module.STYLE_PROBS} == \
-        {style: True for style in scenes_module.STYLE_PROBS}
+    counts = {style: styles.count(style) for style in scenes_module.STYLE_PROBS}
+    assert min(counts.values()) > 30, counts
     spread = {style: [] for style in scenes_module.STYLE_PROBS}
     for scene in scenes[:120]:
         image = render_scene(scene, VOCAB)
