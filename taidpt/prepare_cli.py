@@ -11,10 +11,10 @@ from typing import Dict
 
 from tabulate import tabulate
 
-from taidpt.clip import context_length_of
 from taidpt.config import setup_cfg
 from taidpt.datasets.base import build_dataset
 from taidpt.datasets.captions import prepare
+from taidpt.models import backbone_context_length
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the config like train.py, then prepare the dataset's caption cache."""
     cfg = setup_cfg(args.dataset_config_file, args.config_file,
                     flags={"DATASET.ROOT": args.root}, opts=args.opts)
-    backbone = cfg.MODEL.BACKBONE
-    length = args.context_length or context_length_of(backbone.PATH or backbone.NAME)
+    length = args.context_length or backbone_context_length(cfg)
     path, stats = prepare(cfg, build_dataset(cfg), length, force=args.force)
     print(format_stats(path, stats))
     return 0

@@ -17,7 +17,7 @@ from taidpt.engine.optim import build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import TrainerBase
 from taidpt.losses import double_loss
-from taidpt.trainers.spatial import spatial_pool
+from taidpt.models.spatial import spatial_pool
 from taidpt.trainers.taidpt import DoublePromptLearner, TaIDPT, TaIDPTModel, padding_mask
 
 CLASSES = ["cat", "hot dog", "person"]

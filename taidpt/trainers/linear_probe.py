@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
-from taidpt.clip import encode_image, load_clip
+from taidpt.clip import encode_image
 from taidpt.engine.data import ImageDataset, build_loader, build_test_transform, seeded_generator
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
+from taidpt.models import load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class LinearProbe(SimpleTrainer):
         cfg.TRAINER.LINEARPROBE.MAX_TRAIN_IMAGES = -1  # first N training images; -1 all
 
     def build_model(self) -> None:
-        backbone = self.cfg.MODEL.BACKBONE
-        self.model = LinearProbeModel(load_clip(backbone.PATH or backbone.NAME), self.num_classes).to(self.device)
+        self.model = LinearProbeModel(load_backbone(self.cfg), self.num_classes).to(self.device)
         optim = build_optimizer(self.model.head, self.cfg.OPTIM)
         self.register_model("linear_head", self.model.head, optim, build_lr_scheduler(optim, self.cfg.OPTIM))
         self.train_loader_x = self._feature_loader()

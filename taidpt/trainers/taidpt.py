@@ -23,21 +23,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
-from taidpt.clip import dense_image_features, load_clip, text_sequence_features, to_fp16, tokenize
+from taidpt.clip import dense_image_features, text_sequence_features, tokenize
 from taidpt.datasets.captions import build_caption_corpus
 from taidpt.engine.data import seeded_generator
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.losses import double_loss
-from taidpt.trainers.prompts import PromptContext
-from taidpt.trainers.spatial import Scale, spatial_pool
+from taidpt.models import PromptContext, PrecisionStep, Scale, check_precision, load_backbone, spatial_pool
 
 logger = logging.getLogger(__name__)
 
 FIXED_LOGIT_SCALE = 4.0
 PADDING_LOGIT = -10000.0  # added to the local similarity of token id 0 (padding, and also '!')
-PRECISIONS = ("fp32", "fp16", "amp")
 
 
 def cut_after_last_eos(tokens: torch.Tensor) -> torch.Tensor:
@@ -182,6 +180,19 @@ class TaIDPT(SimpleTrainer):
     global ("TaI"), local and merged ("TaI-DPT") mAP."""
 
     ignored_checkpoint_keys = ("token_prefix", "token_suffix", "token_suffix_nocls")
+    reference_key_aliases = {  # the reference's keys for Caption_distill_double -> ours
+        "TRAINER.Caption.N_CTX": "TRAINER.TAIDPT.N_CTX",
+        "TRAINER.Caption.CSC": "TRAINER.TAIDPT.CSC",
+        "TRAINER.Caption.CTX_INIT": "TRAINER.TAIDPT.CTX_INIT",
+        "TRAINER.Caption.PREC": "TRAINER.TAIDPT.PREC",
+        "TRAINER.Caption.CLASS_TOKEN_POSITION": "TRAINER.TAIDPT.CLASS_TOKEN_POSITION",
+        "TRAINER.Caption.GL_merge_rate": "TRAINER.TAIDPT.GL_MERGE_RATE",
+        "TRAIN.LOSSFUNC": "TRAINER.TAIDPT.LOSS",
+        "TRAIN.IF_LEARN_SCALE": "TRAINER.TAIDPT.LEARN_SCALE",
+        "TRAIN.IF_LEARN_spatial_SCALE": "TRAINER.TAIDPT.LEARN_SPATIAL_SCALE",
+        "TRAIN.spatial_SCALE_text": "TRAINER.TAIDPT.SPATIAL_SCALE_TEXT",
+        "TRAIN.spatial_SCALE_image": "TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE",
+    }
 
     @staticmethod
     def extend_cfg(cfg: CN) -> None:
@@ -200,10 +211,7 @@ class TaIDPT(SimpleTrainer):
         c.LEARN_SPATIAL_SCALE = False  # spatial temperature exp(spatial_T) instead of the above
 
     def check_cfg(self, cfg: CN) -> None:
-        prec = cfg.TRAINER.TAIDPT.PREC
-        if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.TAIDPT.PREC must be one of {', '.join(PRECISIONS)}, "
-                             f"got {prec!r}.")
+        check_precision(cfg.TRAINER.TAIDPT.PREC, "TRAINER.TAIDPT.PREC")
 
     def merge_rate(self) -> float:
         return self.cfg.TRAINER.TAIDPT.GL_MERGE_RATE
@@ -211,11 +219,7 @@ class TaIDPT(SimpleTrainer):
     @functools.cached_property
     def clip_model(self) -> nn.Module:
         """CLIP from ``MODEL.BACKBONE.PATH`` (or ``NAME``), in the precision of ``PREC``."""
-        backbone = self.cfg.MODEL.BACKBONE
-        clip_model = load_clip(backbone.PATH or backbone.NAME)
-        if self.cfg.TRAINER.TAIDPT.PREC == "fp16":
-            to_fp16(clip_model)
-        return clip_model
+        return load_backbone(self.cfg, self.cfg.TRAINER.TAIDPT.PREC)
 
     def before_train(self) -> None:
         """Build the caption loader (only when training: ``--eval-only`` needs no corpus)."""
@@ -240,8 +244,7 @@ class TaIDPT(SimpleTrainer):
         self.optim = build_optimizer(learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", learner, self.optim, self.sched)
-        amp = cfg.TRAINER.TAIDPT.PREC == "amp"
-        self.scaler = torch.amp.GradScaler("cuda") if amp and self.device.type == "cuda" else None
+        self.precision = PrecisionStep(cfg.TRAINER.TAIDPT.PREC, self.device)
 
     def parse_batch_train(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
         return batch["tokens"].to(self.device), batch["label"].to(self.device)
@@ -249,17 +252,10 @@ class TaIDPT(SimpleTrainer):
     def forward_backward(self, batch: dict) -> dict:
         tokens, labels = self.parse_batch_train(batch)
         c = self.cfg.TRAINER.TAIDPT
-        with torch.autocast(self.device.type, enabled=c.PREC == "amp"):
+        with self.precision.autocast():
             global_logits, local_logits = self.model.forward_text(tokens)
             loss = double_loss(c.LOSS, global_logits, local_logits, labels)
-        if self.scaler is None:
-            self.model_backward_and_update(loss)
-        else:
-            self.model_zero_grad()
-            self.detect_anomaly(loss)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
+        self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
 
     def model_inference(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

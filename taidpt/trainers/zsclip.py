@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from taidpt.clip import dense_image_features, encode_text, load_clip, tokenize
+from taidpt.clip import dense_image_features, encode_text, tokenize
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
-from taidpt.trainers.spatial import spatial_pool
+from taidpt.models import load_backbone, spatial_pool
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class ZeroshotCLIP(SimpleTrainer):
         return self.cfg.TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE
 
     def build_model(self) -> None:
-        backbone = self.cfg.MODEL.BACKBONE
-        clip_model = load_clip(backbone.PATH or backbone.NAME)
+        clip_model = load_backbone(self.cfg)
         logger.info("Building zero-shot CLIP for %d classes", self.num_classes)
         self.model = ZeroshotCLIPModel(clip_model, self.classnames,
                                        self.cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE).to(self.device)
