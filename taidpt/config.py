@@ -2,7 +2,8 @@
 
 Every registered trainer and dataset adds its own node through ``extend_cfg``. Unknown keys are
 errors that name the key and where it came from. The reference implementation's names
-(``TRAINER.Caption.*`` and its ``TRAIN.*`` switches) are accepted as aliases of ``TRAINER.TAIDPT``.
+(``TRAINER.Caption.*`` and its ``TRAIN.*`` switches) are accepted as aliases of the node of the
+trainer being configured (see :func:`reference_key_aliases`).
 """
 from __future__ import annotations
 
@@ -17,20 +18,25 @@ import taidpt.trainers  # noqa: F401 - registers the trainers
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
-# Reference (authors' code) key -> our key, applied to YAML files before merging.
-REFERENCE_KEY_ALIASES: Dict[str, str] = {
-    "TRAINER.Caption.N_CTX": "TRAINER.TAIDPT.N_CTX",
-    "TRAINER.Caption.CSC": "TRAINER.TAIDPT.CSC",
-    "TRAINER.Caption.CTX_INIT": "TRAINER.TAIDPT.CTX_INIT",
-    "TRAINER.Caption.PREC": "TRAINER.TAIDPT.PREC",
-    "TRAINER.Caption.CLASS_TOKEN_POSITION": "TRAINER.TAIDPT.CLASS_TOKEN_POSITION",
-    "TRAINER.Caption.GL_merge_rate": "TRAINER.TAIDPT.GL_MERGE_RATE",
-    "TRAIN.LOSSFUNC": "TRAINER.TAIDPT.LOSS",
-    "TRAIN.IF_LEARN_SCALE": "TRAINER.TAIDPT.LEARN_SCALE",
-    "TRAIN.IF_LEARN_spatial_SCALE": "TRAINER.TAIDPT.LEARN_SPATIAL_SCALE",
-    "TRAIN.spatial_SCALE_text": "TRAINER.TAIDPT.SPATIAL_SCALE_TEXT",
-    "TRAIN.spatial_SCALE_image": "TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE",
+# Reference (authors' code) keys that mean the same for every trainer -> our key.
+GENERAL_KEY_ALIASES: Dict[str, str] = {
+    "DATASET.partial_prob": "DATASET.PARTIAL_PROB",
 }
+# The trainer whose reference keys apply when no trainer is named (the reference's main method).
+DEFAULT_REFERENCE_TRAINER = "TaIDPT"
+
+
+def reference_key_aliases(trainer_name: str = "") -> Dict[str, str]:
+    """Reference key -> our key for ``trainer_name`` (aliases accepted): the general aliases plus
+    the trainer's own ``reference_key_aliases`` (``TRAINER.Caption.*`` is read into
+    ``TRAINER.TAIDPT`` for TaI-DPT and into ``TRAINER.DUALCOOP`` for ``Caption_dual``). An empty or
+    unknown name, or a trainer without reference keys of its own (``ZeroshotCLIP_dense`` reads the
+    same files), uses those of :data:`DEFAULT_REFERENCE_TRAINER`."""
+    own = {}
+    if trainer_name in TRAINER_REGISTRY:
+        own = getattr(TRAINER_REGISTRY.get(trainer_name), "reference_key_aliases", {})
+    own = own or TRAINER_REGISTRY.get(DEFAULT_REFERENCE_TRAINER).reference_key_aliases
+    return {**GENERAL_KEY_ALIASES, **own}
 
 
 class ConfigError(KeyError):
@@ -93,42 +99,63 @@ def _merge_pairs(cfg: CN, pairs: List[Any], source: str) -> None:
         raise ConfigError(f"Bad value in {source}: {err}") from err
 
 
-def merge_from_file(cfg: CN, path: str) -> None:
-    """Merge a YAML file; reference key names are translated; unknown keys name the file."""
+def _read_yaml(path: str) -> Dict[str, Any]:
+    """A YAML file flattened to dotted keys; a missing file names the shipped configs."""
     try:
         with open(path, encoding="utf-8") as f:
-            tree = yaml.safe_load(f) or {}
+            return _flatten(yaml.safe_load(f) or {})
     except FileNotFoundError:
         raise FileNotFoundError(f"Config file {path} does not exist (see configs/ for the shipped "
                                 "dataset and trainer configs).") from None
-    flat = {REFERENCE_KEY_ALIASES.get(k, k): v for k, v in _flatten(tree).items()}
+
+
+def merge_from_file(cfg: CN, path: str, aliases: Optional[Dict[str, str]] = None) -> None:
+    """Merge a YAML file; reference key names are translated (``aliases``, default: those of
+    :data:`DEFAULT_REFERENCE_TRAINER`); unknown keys name the file."""
+    aliases = reference_key_aliases() if aliases is None else aliases
     pairs: List[Any] = []
-    for key, value in flat.items():
-        pairs += [key, value]
+    for key, value in _read_yaml(path).items():
+        pairs += [aliases.get(key, key), value]
     _merge_pairs(cfg, pairs, f"config file {path}")
 
 
-def merge_from_opts(cfg: CN, opts: Sequence[str]) -> None:
+def merge_from_opts(cfg: CN, opts: Sequence[str], aliases: Optional[Dict[str, str]] = None) -> None:
     if len(opts) % 2:
         raise ConfigError(f"Command-line opts must be KEY VALUE pairs, got an odd list: {list(opts)}")
+    aliases = reference_key_aliases() if aliases is None else aliases
     pairs = list(opts)
     for i in range(0, len(pairs), 2):
-        pairs[i] = REFERENCE_KEY_ALIASES.get(pairs[i], pairs[i])
+        pairs[i] = aliases.get(pairs[i], pairs[i])
     _merge_pairs(cfg, pairs, "the command-line opts")
+
+
+def _trainer_name(files: Sequence[str], flags: Dict[str, Any], opts: Sequence[str]) -> str:
+    """The trainer the merged config will name: opts win over flags over the YAML files."""
+    opt_names = [opts[i + 1] for i in range(0, len(opts) - 1, 2) if opts[i] == "TRAINER.NAME"]
+    if opt_names:
+        return str(opt_names[-1])
+    if flags.get("TRAINER.NAME"):
+        return str(flags["TRAINER.NAME"])
+    names = [_read_yaml(path).get("TRAINER.NAME") for path in files]
+    return next((str(n) for n in reversed(names) if n), "")
 
 
 def setup_cfg(dataset_config_file: str = "", config_file: str = "", flags: Optional[Dict[str, Any]] = None,
               opts: Sequence[str] = (), freeze: bool = True) -> CN:
-    """defaults -> dataset YAML -> method YAML -> flags (non-empty values only) -> opts -> freeze."""
+    """defaults -> dataset YAML -> method YAML -> flags (non-empty values only) -> opts -> freeze.
+
+    Reference key names are translated for the trainer the config names (:func:`reference_key_aliases`).
+    """
     cfg = get_cfg_default()
-    if dataset_config_file:
-        merge_from_file(cfg, dataset_config_file)
-    if config_file:
-        merge_from_file(cfg, config_file)
-    for key, value in (flags or {}).items():
+    flags = flags or {}
+    files = [path for path in (dataset_config_file, config_file) if path]
+    aliases = reference_key_aliases(_trainer_name(files, flags, opts))
+    for path in files:
+        merge_from_file(cfg, path, aliases)
+    for key, value in flags.items():
         if value not in (None, "", [], ()):
             _merge_pairs(cfg, [key, value], "the command-line flags")
-    merge_from_opts(cfg, opts)
+    merge_from_opts(cfg, opts, aliases)
     if freeze:
         cfg.freeze()
     return cfg

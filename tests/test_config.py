@@ -94,3 +94,40 @@ def test_help_lists_every_coop_flag(capsys):
                  "--trainer", "--backbone", "--head", "--eval-only", "--model-dir", "--load-epoch",
                  "--no-train"]:
         assert flag in out
+
+
+class _FakeTrainer:
+    """A trainer of its own node that reads the reference's TRAINER.Caption keys."""
+
+    reference_key_aliases = {"TRAINER.Caption.N_CTX": "TRAINER.FAKE.N_CTX"}
+
+    @staticmethod
+    def extend_cfg(cfg):
+        from yacs.config import CfgNode as CN
+        cfg.TRAINER.FAKE = CN()
+        cfg.TRAINER.FAKE.N_CTX = 16
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    from taidpt.engine.registry import TRAINER_REGISTRY
+    monkeypatch.setitem(TRAINER_REGISTRY._objects, "Fake", _FakeTrainer)
+    monkeypatch.setitem(TRAINER_REGISTRY._aliases, "Fake_reference", "Fake")
+
+
+@pytest.mark.parametrize("how", ["flag", "opt", "yaml", "alias"])
+def test_reference_keys_go_to_the_named_trainers_node(tmp_path, fake_trainer, how):
+    ref = _write(tmp_path / "ref.yaml", "TRAINER:\n  Caption:\n    N_CTX: 4\n"
+                 + ("  NAME: Fake\n" if how == "yaml" else ""))
+    flags = {"TRAINER.NAME": {"flag": "Fake", "alias": "Fake_reference"}.get(how, "")}
+    opts = ["TRAINER.NAME", "Fake"] if how == "opt" else []
+    cfg = setup_cfg(config_file=ref, flags=flags, opts=opts)
+    assert cfg.TRAINER.FAKE.N_CTX == 4
+    assert cfg.TRAINER.TAIDPT.N_CTX == 16
+
+
+def test_reference_keys_default_to_taidpt(tmp_path, fake_trainer):
+    ref = _write(tmp_path / "ref.yaml", "TRAINER:\n  Caption:\n    N_CTX: 4\n")
+    for name in ("", "Caption_distill_double", "ZeroshotCLIP"):
+        cfg = setup_cfg(config_file=ref, flags={"TRAINER.NAME": name})
+        assert cfg.TRAINER.TAIDPT.N_CTX == 4 and cfg.TRAINER.FAKE.N_CTX == 16
