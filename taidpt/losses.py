@@ -1,7 +1,8 @@
 """Multi-label losses on logits ``B x C`` (SPEC 2) and the ablation losses of the paper's Table 4.
 
 Labels are ``B x C``: an entry ``> 0`` is a positive, every other entry a negative (caption labels
-are multi-hot 1/0). No function modifies its inputs.
+are multi-hot 1/0), except in :func:`known_label_loss`, whose image labels are 1 / 0 unknown / -1
+(partial labels). No function modifies its inputs.
 """
 from __future__ import annotations
 
@@ -84,3 +85,23 @@ def double_loss(name: str, global_logits: Tensor, local_logits: Tensor, labels: 
     if use_local:
         loss = loss + loss_fn(local_logits, labels)
     return loss
+
+
+KNOWN_LABEL_LOSSES = ("bce", "asl")
+
+
+def known_label_loss(name: str, logits: Tensor, labels: Tensor) -> Tensor:
+    """Loss of image-trained prompts over the *known* labels only: ``labels`` ``B x C`` in
+    {1 positive, 0 unknown, -1 negative}; unknown entries add no loss and no gradient.
+
+    ``bce``: binary cross-entropy, mean over the known entries. ``asl``: :func:`asl_loss` with the
+    unknown entries masked (sum over known entries / B, SPEC 7's DualCoOp loss).
+    """
+    known = labels != 0
+    if name == "bce":
+        per_entry = F.binary_cross_entropy_with_logits(logits, (labels > 0).to(logits.dtype),
+                                                       reduction="none")
+        return per_entry.masked_fill(~known, 0).sum() / known.sum().clamp_min(1)
+    if name == "asl":
+        return asl_loss(logits, labels, mask=known)
+    raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(KNOWN_LABEL_LOSSES)}.")

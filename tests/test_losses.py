@@ -141,3 +141,32 @@ def test_double_loss_unknown_name_lists_choices():
 
 def test_losses_registry():
     assert LOSSES == {"ranking": ranking_loss, "bce": bce_loss, "asl": asl_loss}
+
+
+@pytest.mark.parametrize("name", ["bce", "asl"])
+def test_known_label_loss_ignores_unknown_labels(name):
+    from taidpt.losses import known_label_loss
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1, -1, 0, 0, 1, -1]] * 4, dtype=torch.float64)
+    loss = known_label_loss(name, logits, labels)
+    grad, = torch.autograd.grad(loss, logits)
+    assert (grad[:, 2:4] == 0).all() and (grad[:, [0, 1, 4, 5]] != 0).all()
+    # unknown entries' logits do not move the loss
+    moved = logits.detach().clone()
+    moved[:, 2:4] += 5.0
+    assert known_label_loss(name, moved, labels).item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_known_label_loss_bce_is_mean_over_known_entries():
+    from taidpt.losses import known_label_loss
+    torch.manual_seed(1)
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    labels = torch.tensor([[1, -1, 0, -1, 1], [0, 0, 1, -1, -1], [-1, 1, 1, 0, -1]], dtype=torch.float64)
+    known = labels != 0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], (labels[known] > 0).double())
+    assert known_label_loss("bce", logits, labels).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert known_label_loss("asl", logits, labels).item() == pytest.approx(
+        asl_loss(logits, labels, mask=known).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="choose one of bce, asl"):
+        known_label_loss("ranking", logits, labels)
