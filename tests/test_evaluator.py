@@ -1,10 +1,12 @@
-"""MLClassification: global / local / merged mAP and saved predictions."""
+"""MLClassification: the three output forms, headline, mAP per head, saved predictions."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from taidpt.config import get_cfg_default
-from taidpt.engine.evaluator import MLClassification, build_evaluator
+from taidpt.engine.evaluator import MLClassification, build_evaluator, relative_image_id
 from taidpt.metrics import mean_average_precision
 
 
@@ -23,28 +25,57 @@ def _data(seed=0, n=30, c=4):
     return torch.randn(n, c, generator=g), torch.randn(n, c, generator=g), labels
 
 
+def _map(scores, labels):
+    return mean_average_precision(np.asarray(scores), np.asarray(labels))
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.5, 0.9])
-def test_merged_map_uses_the_merge_rate(tmp_path, rate):
+def test_pair_merged_map_uses_the_merge_rate(tmp_path, rate):
     glob, loc, labels = _data()
     ev = MLClassification(_cfg(tmp_path), merge_rate=rate)
     for sl in (slice(0, 10), slice(10, 30)):
         ev.process((glob[sl], loc[sl]), labels[sl])
     res = ev.evaluate()
-    assert res["mAP_global"] == pytest.approx(mean_average_precision(glob.numpy(), labels.numpy()))
-    assert res["mAP_local"] == pytest.approx(mean_average_precision(loc.numpy(), labels.numpy()))
-    merged = rate * glob + (1 - rate) * loc
-    assert res["mAP_merged"] == pytest.approx(mean_average_precision(merged.numpy(), labels.numpy()))
+    assert list(res) == ["mAP_global", "mAP_local", "mAP_merged", "mAP"]
+    assert res["mAP_global"] == pytest.approx(_map(glob, labels))
+    assert res["mAP_local"] == pytest.approx(_map(loc, labels))
+    assert res["mAP_merged"] == pytest.approx(_map(rate * glob + (1 - rate) * loc, labels))
     assert res["mAP"] == res["mAP_merged"]
+    assert ev.headline_name(list(ev.score_matrices())) == "merged"
 
 
 def test_single_score_matrix_and_reset(tmp_path):
     glob, _, labels = _data(1)
     ev = build_evaluator(_cfg(tmp_path), lab2cname={0: "a"})
     ev.process(glob, labels)
-    assert set(ev.evaluate()) == {"mAP"}
+    res = ev.evaluate()
+    assert list(res) == ["mAP"] and res["mAP"] == pytest.approx(_map(glob, labels))
+    assert list(ev.score_matrices()) == ["logits"]
     ev.reset()
     with pytest.raises(RuntimeError, match="empty"):
         ev.evaluate()
+
+
+def test_mapping_heads_and_headline(tmp_path):
+    glob, loc, labels = _data(3)
+    first = build_evaluator(_cfg(tmp_path))  # default headline: the first head
+    chosen = build_evaluator(_cfg(tmp_path), headline="global")
+    for ev in (first, chosen):
+        ev.process({"local": loc[:12], "global": glob[:12]}, labels[:12])
+        ev.process({"local": loc[12:], "global": glob[12:]}, labels[12:])
+    res = first.evaluate()
+    assert list(res) == ["mAP_local", "mAP_global", "mAP"]  # no merged head for a mapping
+    assert res["mAP_local"] == pytest.approx(_map(loc, labels))
+    assert res["mAP_global"] == pytest.approx(_map(glob, labels))
+    assert res["mAP_local"] != res["mAP_global"]
+    assert res["mAP"] == res["mAP_local"]
+    assert chosen.evaluate()["mAP"] == res["mAP_global"]
+    with pytest.raises(ValueError, match="same heads"):
+        first.process({"local": loc}, labels)
+    bad = build_evaluator(_cfg(tmp_path), headline="merged")
+    bad.process({"local": loc}, labels)
+    with pytest.raises(KeyError, match="'merged'.*headline"):
+        bad.evaluate()
 
 
 def test_difficult_mode_comes_from_config(tmp_path):
@@ -58,12 +89,46 @@ def test_difficult_mode_comes_from_config(tmp_path):
     assert ign.evaluate()["mAP"] == pytest.approx(100.0)
 
 
-def test_predictions_are_saved(tmp_path):
+def test_predictions_file_holds_every_head_and_is_atomic(tmp_path):
     glob, loc, labels = _data(2)
-    ev = MLClassification(_cfg(tmp_path, **{"TEST.SAVE_PREDS": True}), lab2cname={i: f"c{i}" for i in range(4)})
+    labels[3, 1] = 0.0  # a difficult entry is kept as is
+    ev = MLClassification(_cfg(tmp_path), lab2cname={i: f"c{i}" for i in range(4)}, merge_rate=0.25)
     ev.process((glob, loc), labels)
-    ev.evaluate()
-    saved = np.load(tmp_path / "predictions.npz")
-    assert np.allclose(saved["global"], glob.numpy()) and np.allclose(saved["local"], loc.numpy())
-    assert list(saved["classnames"]) == ["c0", "c1", "c2", "c3"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")]
+    ids = [f"img/{i}.png" for i in range(30)]
+    path = tmp_path / "predictions_val.npz"
+    ev.save_predictions(str(path), ids, trainer="TaIDPT", dataset="Toy", split="val", epoch=3)
+    saved = np.load(path)
+    assert sorted(saved.files) == sorted(["image_ids", "classnames", "targets", "headline", "scores_global",
+                                          "scores_local", "scores_merged", "trainer", "dataset", "split",
+                                          "epoch"])
+    assert saved["scores_global"].dtype == np.float32 and saved["targets"].dtype == np.float32
+    assert np.array_equal(saved["scores_global"], glob.numpy())
+    assert np.array_equal(saved["scores_local"], loc.numpy())
+    assert np.allclose(saved["scores_merged"], 0.25 * glob.numpy() + 0.75 * loc.numpy())
+    assert np.array_equal(saved["targets"], labels.numpy()) and saved["targets"][3, 1] == 0.0
+    assert list(saved["image_ids"]) == ids and list(saved["classnames"]) == ["c0", "c1", "c2", "c3"]
+    assert str(saved["headline"]) == "merged" and str(saved["trainer"]) == "TaIDPT"
+    assert str(saved["split"]) == "val" and int(saved["epoch"]) == 3
+    assert os.listdir(tmp_path) == ["predictions_val.npz"]  # no temp file left behind
+    with pytest.raises(ValueError, match="2 image ids for 30"):
+        ev.save_predictions(str(tmp_path / "other.npz"), ids[:2])
+    assert os.listdir(tmp_path) == ["predictions_val.npz"]
+
+
+def test_fp64_scores_stay_fp64(tmp_path):
+    glob, _, labels = _data(4)
+    ev = MLClassification(_cfg(tmp_path))
+    ev.process({"ensemble": glob.double()}, labels)
+    assert ev.score_matrices()["ensemble"].dtype == np.float64
+
+
+def test_image_ids_relative_to_root_then_dataset_dir(tmp_path):
+    root = tmp_path / "data"
+    assert relative_image_id(str(root / "VOC" / "a.jpg"), str(root)) == "VOC/a.jpg"
+    assert relative_image_id(str(root / "VOC" / "a.jpg"), str(root) + "/") == "VOC/a.jpg"
+    cache = tmp_path / "cache" / "world"
+    assert relative_image_id(str(cache / "test" / "1.png"), str(root), str(cache)) == "test/1.png"
+    assert relative_image_id(str(cache / "test" / "1.png"), "", str(cache)) == "test/1.png"
+    assert relative_image_id("/elsewhere/x.png", str(root), str(cache)) == "/elsewhere/x.png"
+    assert relative_image_id(str(tmp_path / "database" / "x.png"), str(tmp_path / "data")) == \
+        str(tmp_path / "database" / "x.png")  # a sibling with a common prefix is not "under" root

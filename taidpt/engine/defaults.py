@@ -96,12 +96,11 @@ def get_engine_defaults() -> CN:
 
     _C.TEST = CN()
     _C.TEST.EVALUATOR = "MLClassification"
-    _C.TEST.PER_CLASS_RESULT = False
+    _C.TEST.PER_CLASS_RESULT = False  # also log the headline head's AP of every class
     _C.TEST.COMPUTE_CMAT = False
     _C.TEST.NO_TEST = False
-    _C.TEST.SPLIT = "test"
+    _C.TEST.SPLIT = "test"  # "test" or "val"; every evaluation writes predictions_<split>.npz
     _C.TEST.FINAL_MODEL = "last_step"  # or "best_val" (paper reproduction)
-    _C.TEST.SAVE_PREDS = False
 
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""

@@ -1,87 +1,151 @@
-"""Multi-label evaluation: global, local and merged mAP (SPEC 3, 6)."""
+"""Multi-label evaluation: mAP of every score head, the headline, saved predictions (SPEC 3, 6, 7).
+
+``model_inference`` returns one of three forms, each normalised to named ``B x C`` heads:
+a tensor (head ``logits``), a ``(global, local)`` pair (heads ``global``, ``local`` and
+``merged = r * global + (1 - r) * local``) or a mapping ``{head name: B x C}``.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from taidpt.engine.registry import EVALUATOR_REGISTRY
 from taidpt.io import atomic_write
-from taidpt.metrics import mean_average_precision
+from taidpt.metrics import average_precision_per_class, mean_average_precision
 
 logger = logging.getLogger(__name__)
 
-Scores = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+Scores = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]
+SINGLE_HEAD = "logits"
+SPLITS = ("test", "val")  # what TEST.SPLIT and predictions_<split>.npz accept
+
+
+def relative_image_id(path: str, root: str, dataset_dir: str = "") -> str:
+    """The id of an image in a predictions file: ``path`` relative to ``root`` when it lies under
+    it, else relative to ``dataset_dir`` (itself relative to ``root`` unless absolute) when set
+    and under it, else ``path`` as is. Two runs on the same data agree from any working dir."""
+    path_abs = os.path.abspath(path)
+    bases = [root] if root else []
+    if dataset_dir:
+        bases.append(dataset_dir if os.path.isabs(dataset_dir) else os.path.join(root, dataset_dir))
+    for base in bases:
+        base_abs = os.path.abspath(base)
+        if os.path.commonpath([path_abs, base_abs]) == base_abs:
+            return os.path.relpath(path_abs, base_abs).replace(os.sep, "/")
+    return path
+
+
+def _to_numpy(scores: torch.Tensor) -> np.ndarray:
+    """fp64 stays fp64 (ensembles); every other dtype becomes fp32."""
+    scores = scores.detach().cpu()
+    return (scores if scores.dtype == torch.float64 else scores.float()).numpy()
 
 
 @EVALUATOR_REGISTRY.register(aliases=("MLClassificationEvaluator",))
 class MLClassification:
-    """Collects ``B x C`` scores (or a (global, local) pair) and labels, then reports mAP.
+    """Collects the named ``B x C`` score heads and labels, then reports mAP per head.
 
-    With two score matrices the merged score is ``r * global + (1 - r) * local`` and the result
-    has ``mAP_global``, ``mAP_local``, ``mAP_merged``; ``mAP`` is always the headline number.
+    Results: one head ``logits`` -> ``mAP`` only; otherwise ``mAP_<head>`` for each head and
+    ``mAP`` = the headline head's (default: ``merged`` for a pair, the first head of a mapping).
     """
 
     def __init__(self, cfg, lab2cname: Optional[Dict[int, str]] = None, merge_rate: float = 0.5,
-                 output_dir: Optional[str] = None) -> None:
+                 headline: Optional[str] = None) -> None:
         self.lab2cname = lab2cname or {}
         self.merge_rate = float(merge_rate)
+        self.headline = headline
         self.difficult = cfg.DATASET.DIFFICULT
-        self.save_preds = cfg.TEST.SAVE_PREDS
         self.per_class = cfg.TEST.PER_CLASS_RESULT
-        self.output_dir = output_dir if output_dir is not None else cfg.OUTPUT_DIR
         self.reset()
 
     def reset(self) -> None:
-        self._scores: List[List[np.ndarray]] = []
+        self._scores: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
         self._labels: List[np.ndarray] = []
 
+    def _heads(self, output: Scores) -> "OrderedDict[str, torch.Tensor]":
+        if isinstance(output, Mapping):
+            return OrderedDict(output)
+        if isinstance(output, (tuple, list)):
+            if len(output) != 2:
+                raise ValueError(f"model_inference returned {len(output)} score matrices; a sequence "
+                                 "must be a (global, local) pair. Return a {head name: B x C} mapping "
+                                 "for other heads.")
+            return OrderedDict([("global", output[0]), ("local", output[1])])
+        return OrderedDict([(SINGLE_HEAD, output)])
+
     def process(self, output: Scores, gt: torch.Tensor) -> None:
-        outputs: Sequence[torch.Tensor] = output if isinstance(output, (tuple, list)) else (output,)
-        if self._scores and len(self._scores) != len(outputs):
-            raise ValueError("process() got a different number of score matrices than before")
-        if not self._scores:
-            self._scores = [[] for _ in outputs]
-        for store, scores in zip(self._scores, outputs):
-            store.append(scores.detach().float().cpu().numpy())
-        self._labels.append(gt.detach().float().cpu().numpy())
+        """Add one batch: ``output`` in any of the three forms, ``gt`` ``B x C`` (1 / 0 / -1)."""
+        heads = self._heads(output)
+        if self._scores and list(heads) != list(self._scores):
+            raise ValueError(f"process() got heads {list(heads)} after {list(self._scores)}: "
+                             "model_inference must return the same heads for every batch")
+        for name, scores in heads.items():
+            self._scores.setdefault(name, []).append(_to_numpy(scores))
+        self._labels.append(gt.detach().cpu().float().numpy())
 
     def score_matrices(self) -> "OrderedDict[str, np.ndarray]":
-        """Name -> ``N x C`` scores: ``main`` alone, or ``global``, ``local``, ``merged``."""
-        mats = [np.concatenate(s) for s in self._scores]
-        if len(mats) == 1:
-            return OrderedDict(main=mats[0])
-        merged = self.merge_rate * mats[0] + (1.0 - self.merge_rate) * mats[1]
-        return OrderedDict(global_=mats[0], local=mats[1], merged=merged)
+        """Head name -> ``N x C`` scores; a (global, local) pair adds ``merged``."""
+        mats = OrderedDict((name, np.concatenate(parts)) for name, parts in self._scores.items())
+        if list(mats) == ["global", "local"]:
+            mats["merged"] = self.merge_rate * mats["global"] + (1.0 - self.merge_rate) * mats["local"]
+        return mats
 
-    def evaluate(self) -> "OrderedDict[str, float]":
+    def headline_name(self, heads: Sequence[str]) -> str:
+        """The head reported as ``mAP``: the given headline, else ``merged``, else the first."""
+        name = self.headline or ("merged" if "merged" in heads else heads[0])
+        if name not in heads:
+            raise KeyError(f"Headline head {name!r} is not among the model's heads {list(heads)}: "
+                           "fix the trainer's headline()")
+        return name
+
+    def targets(self) -> np.ndarray:
+        """The ``N x C`` labels seen so far (float32, 1 / 0 / -1)."""
         if not self._labels:
             raise RuntimeError("evaluate() called before any process(): the test loader was empty")
-        labels = np.concatenate(self._labels)
-        results: "OrderedDict[str, float]" = OrderedDict()
+        return np.concatenate(self._labels)
+
+    def evaluate(self) -> "OrderedDict[str, float]":
+        labels = self.targets()
         mats = self.score_matrices()
-        for name, scores in mats.items():
-            key = "mAP" if name == "main" else f"mAP_{name.rstrip('_')}"
-            results[key] = mean_average_precision(scores, labels, difficult=self.difficult)
-        if "mAP_merged" in results:
-            results["mAP"] = results["mAP_merged"]
+        headline = self.headline_name(list(mats))
+        results: "OrderedDict[str, float]" = OrderedDict()
+        if list(mats) == [SINGLE_HEAD]:
+            results["mAP"] = mean_average_precision(mats[SINGLE_HEAD], labels, difficult=self.difficult)
+        else:
+            for name, scores in mats.items():
+                results[f"mAP_{name}"] = mean_average_precision(scores, labels, difficult=self.difficult)
+            results["mAP"] = results[f"mAP_{headline}"]
         logger.info("=> result\n* images: %d\n%s", labels.shape[0],
                     "\n".join(f"* {k}: {v:.2f}%" for k, v in results.items()))
-        if self.save_preds:
-            self._save(mats, labels)
+        if self.per_class:
+            ap = average_precision_per_class(mats[headline], labels, difficult=self.difficult)
+            logger.info("=> AP per class (%s)\n%s", headline, "\n".join(
+                f"* {self.lab2cname.get(i, str(i))}: {v:.2f}%" for i, v in enumerate(ap)))
         return results
 
-    def _save(self, mats: Dict[str, np.ndarray], labels: np.ndarray) -> None:
-        path = os.path.join(self.output_dir, "predictions.npz")
-        names = np.array([self.lab2cname.get(i, str(i)) for i in range(labels.shape[1])])
-        atomic_write(path, lambda f: np.savez(f, labels=labels, classnames=names,
-                                              **{k.rstrip("_"): v for k, v in mats.items()}))
+    def save_predictions(self, path: str, image_ids: Sequence[str], **meta) -> None:
+        """Write ``path`` (npz) atomically: ``image_ids`` (N), ``classnames`` (C), ``targets``
+        (N x C), ``scores_<head>`` (N x C) per head, ``headline`` and the ``meta`` strings /
+        numbers (``trainer``, ``dataset``, ``split``, ``epoch``)."""
+        labels = self.targets()
+        if len(image_ids) != labels.shape[0]:
+            raise ValueError(f"{len(image_ids)} image ids for {labels.shape[0]} evaluated images")
+        mats = self.score_matrices()
+        arrays = {"image_ids": np.array(list(image_ids), dtype=str),
+                  "classnames": np.array([self.lab2cname.get(i, str(i)) for i in range(labels.shape[1])],
+                                         dtype=str),
+                  "targets": labels, "headline": np.array(self.headline_name(list(mats))),
+                  **{f"scores_{name}": scores for name, scores in mats.items()},
+                  **{key: np.array(value) for key, value in meta.items()}}
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         logger.info("Predictions saved to %s", path)
 
 
 def build_evaluator(cfg, **kwargs) -> MLClassification:
+    """``cfg.TEST.EVALUATOR`` built with ``lab2cname``, ``merge_rate``, ``headline``."""
     return EVALUATOR_REGISTRY.get(cfg.TEST.EVALUATOR)(cfg, **kwargs)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from taidpt.engine.checkpoint import load_checkpoint, resume_from_checkpoint, save_checkpoint
 from taidpt.engine.data import DataManager
-from taidpt.engine.evaluator import build_evaluator
+from taidpt.engine.evaluator import SPLITS, build_evaluator, relative_image_id
 from taidpt.engine.utils import MetricMeter
 from taidpt.io import atomic_write
 
@@ -204,6 +204,7 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        self.check_split(cfg.TEST.SPLIT, "TEST.SPLIT")
         self.check_cfg(cfg)
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
@@ -213,7 +214,8 @@ class SimpleTrainer(TrainerBase):
         self.best_result = -float("inf")
         self.build_data_loader()
         self.build_model()
-        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, merge_rate=self.merge_rate())
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, merge_rate=self.merge_rate(),
+                                         headline=self.headline())
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -222,8 +224,20 @@ class SimpleTrainer(TrainerBase):
     def check_cfg(self, cfg) -> None:
         """Validate the config before anything is built; default: nothing."""
 
+    @staticmethod
+    def check_split(split: str, source: str = "split") -> str:
+        """``split`` if it is ``test`` or ``val``; else a ValueError naming ``source``."""
+        if split not in SPLITS:
+            raise ValueError(f"{source} must be one of {', '.join(SPLITS)}, got {split!r}")
+        return split
+
     def merge_rate(self) -> float:
+        """Weight of the global scores in ``merged`` for a (global, local) pair."""
         return 0.5
+
+    def headline(self) -> Optional[str]:
+        """The head reported as ``mAP``; None: ``merged`` for a pair, the first head of a mapping."""
+        return None
 
     def build_data_loader(self) -> None:
         self.dm = DataManager(self.cfg)
@@ -304,23 +318,43 @@ class SimpleTrainer(TrainerBase):
     def model_inference(self, inputs):
         return self.model(inputs)
 
+    def split_items(self, split: str) -> list:
+        """The dataset's ``ImageItem`` list of ``split`` (``val`` or ``test``)."""
+        return self.dataset.val if self.check_split(split) == "val" else self.dataset.test
+
+    def image_ids(self, items: Sequence) -> List[str]:
+        """Ids of ``items`` in predictions files (see ``relative_image_id``)."""
+        root, dataset_dir = self.cfg.DATASET.ROOT, getattr(self.dataset, "dataset_dir", "")
+        return [relative_image_id(item.impath, root, dataset_dir) for item in items]
+
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> Dict[str, float]:
-        """Evaluate on ``split`` (default ``TEST.SPLIT``): val or test; the results also go to
-        ``OUTPUT_DIR/results_<split>.json`` (what the table scripts read)."""
+        """Evaluate on ``split`` (default ``TEST.SPLIT``): ``val`` or ``test``; see
+        :meth:`report_results` for what is written."""
+        split = self.check_split(split or self.cfg.TEST.SPLIT)
         self.set_model_mode("eval")
         self.evaluator.reset()
-        split = split or self.cfg.TEST.SPLIT
         loader = self.val_loader if split == "val" else self.test_loader
         logger.info("Evaluate on the *%s* set", split)
+        indices: List[int] = []
         for batch in tqdm(loader, desc=f"test ({split})", leave=False, disable=None):
             inputs, labels = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(inputs), labels)
+            indices += [int(i) for i in batch["index"]]
+        items = self.split_items(split)
+        return self.report_results(split, self.image_ids([items[i] for i in indices]))
+
+    def report_results(self, split: str, image_ids: Sequence[str]) -> Dict[str, float]:
+        """Evaluate what the evaluator collected for ``image_ids`` (N, in order); write the mAPs to
+        TensorBoard and ``OUTPUT_DIR/results_<split>.json`` (what the table scripts read) and
+        every head's scores to ``OUTPUT_DIR/predictions_<split>.npz`` (what ensembles read)."""
         results = self.evaluator.evaluate()
         for key, value in results.items():
             self.write_scalar(f"{split}/{key}", value, self.epoch)
-        record = {"split": split, "epoch": self.epoch + 1, "trainer": self.cfg.TRAINER.NAME,
-                  "dataset": self.cfg.DATASET.NAME, "results": dict(results)}
+        meta = {"split": split, "epoch": self.epoch + 1, "trainer": self.cfg.TRAINER.NAME,
+                "dataset": self.cfg.DATASET.NAME}
         atomic_write(os.path.join(self.output_dir, f"results_{split}.json"),
-                     lambda f: f.write(json.dumps(record, indent=2).encode()))
+                     lambda f: f.write(json.dumps({**meta, "results": dict(results)}, indent=2).encode()))
+        self.evaluator.save_predictions(os.path.join(self.output_dir, f"predictions_{split}.npz"),
+                                        image_ids, **meta)
         return results
