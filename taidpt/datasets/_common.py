@@ -39,6 +39,18 @@ def load_label_set(name: str) -> LabelSet:
                     ids=[c.get("id", i) for i, c in enumerate(classes)])
 
 
+def cache_root(cfg) -> str:
+    """``DATASET.CAPTIONS.CACHE_DIR`` (relative to ``DATASET.ROOT``), else ``$TAIDPT_CACHE``, else
+    ``~/.cache/taidpt``, as an absolute path; caption, partial-label and few-shot caches live in
+    its ``captions/``, ``partial/`` and ``fewshot/`` folders."""
+    if cfg.DATASET.CAPTIONS.CACHE_DIR:
+        root = os.path.join(os.path.expanduser(cfg.DATASET.ROOT),
+                            os.path.expanduser(cfg.DATASET.CAPTIONS.CACHE_DIR))
+    else:
+        root = os.path.expanduser(os.environ.get("TAIDPT_CACHE") or "~/.cache/taidpt")
+    return os.path.abspath(root)
+
+
 def wants_train_images(cfg) -> bool:
     """Training images are read only when the method does not train on captions."""
     return not cfg.DATASET.CAPTIONS.SOURCE

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from taidpt.datasets._common import cache_root
 from taidpt.datasets.caption_corpus import CaptionCorpus
 from taidpt.io import atomic_write
 
@@ -119,14 +120,8 @@ def caption_file(cfg, dataset) -> str:
 
 
 def cache_dir(cfg) -> str:
-    """``CACHE_DIR`` (relative to ``DATASET.ROOT``), else ``$TAIDPT_CACHE``, else
-    ``~/.cache/taidpt``; caption caches go to its ``captions/`` folder."""
-    if cfg.DATASET.CAPTIONS.CACHE_DIR:
-        root = os.path.join(os.path.expanduser(cfg.DATASET.ROOT),
-                            os.path.expanduser(cfg.DATASET.CAPTIONS.CACHE_DIR))
-    else:
-        root = os.path.expanduser(os.environ.get("TAIDPT_CACHE") or "~/.cache/taidpt")
-    return os.path.join(os.path.abspath(root), "captions")
+    """The caption cache folder: ``captions/`` under :func:`~taidpt.datasets._common.cache_root`."""
+    return os.path.join(cache_root(cfg), "captions")
 
 
 def _options(cfg, dataset, context_length: int) -> Tuple[str, Dict]:
