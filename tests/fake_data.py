@@ -59,8 +59,9 @@ def _pattern(n: int, num_classes: int, offset: int) -> np.ndarray:
 def write_fake_voc(root: str, n_test: int = 6, n_trainval: int = 4) -> Dict[str, Tuple]:
     """``VOCdevkit/VOC2007`` with JPEGImages, Annotations (XML) and ImageSets/Main files.
 
-    Even test images also have a difficult-only class (label 0). Returns, per split
-    (``test`` / ``trainval``), ``(image ids, N x 20 labels)``.
+    Even test images also have a difficult-only class (label 0). ``trainval.txt`` lists the
+    trainval ids in an order that is not sorted (the class files are sorted). Returns, per split
+    (``test`` / ``trainval``), ``(image ids, N x 20 labels)`` in ``<split>.txt`` order.
     """
     base = os.path.join(root, "VOCdevkit", "VOC2007")
     out = {}
@@ -72,12 +73,26 @@ def write_fake_voc(root: str, n_test: int = 6, n_trainval: int = 4) -> Dict[str,
         for image_id, label in zip(ids, labels):
             write_image(os.path.join(base, "JPEGImages", f"{image_id}.jpg"), seed=int(image_id))
             _write_voc_xml(os.path.join(base, "Annotations", f"{image_id}.xml"), image_id, label)
-        _write_text(os.path.join(base, "ImageSets", "Main", f"{split}.txt"), ids)
         for c, cls in enumerate(VOC.labels):
             _write_text(os.path.join(base, "ImageSets", "Main", f"{cls}_{split}.txt"),
                         [f"{image_id} {int(v):2d}" for image_id, v in zip(ids, labels[:, c])])
+        order = np.arange(n) if split == "test" else np.roll(np.arange(n)[::-1], 1)
+        ids, labels = [ids[i] for i in order], labels[order]
+        _write_text(os.path.join(base, "ImageSets", "Main", f"{split}.txt"), ids)
         out[split] = (ids, labels)
     return out
+
+
+def write_voc_partial(root: str, labels: np.ndarray, p: float, seed: int = 0,
+                      directory: str = os.path.join("partial", "VOC2007", "partial-labels")
+                      ) -> np.ndarray:
+    """``<directory>/train_proportion_{p}.txt`` (relative to ``root`` unless absolute): the
+    ``N x 20`` trainval ``labels`` (trainval.txt order) with each label kept with probability
+    ``p``, else 0, as comma-separated rows. Returns the written rows."""
+    rows = np.where(np.random.RandomState(seed).random_sample(labels.shape) < p, labels, 0)
+    _write_text(os.path.join(root, directory, f"train_proportion_{p}.txt"),
+                [",".join(str(int(v)) for v in row) for row in rows])
+    return rows.astype(np.float32)
 
 
 def _write_voc_xml(path: str, image_id: str, label: np.ndarray) -> None:
@@ -96,8 +111,9 @@ def write_fake_coco(root: str, n_val: int = 5, n_train: int = 3,
     """``COCO/annotations`` (instances_{val,train}2014.json, captions_train2017.json) + images.
 
     Categories carry the real ids (1..90 with gaps) and are written in reverse order; the last
-    val image has no annotation. Returns per split ``(file names, N x 80 labels)`` and
-    ``"captions"``, the caption file path.
+    val image has no annotation. The first image of each split also has a box 0.5 px wide of a
+    class it otherwise lacks: positive in val2014, dropped in train2014 (SPEC 7). Returns per
+    split ``(file names, N x 80 labels)`` and ``"captions"``, the caption file path.
     """
     categories = [{"supercategory": "thing", "id": cid, "name": name}
                   for cid, name in zip(COCO.ids, COCO.labels)][::-1]
@@ -116,6 +132,12 @@ def write_fake_coco(root: str, n_val: int = 5, n_train: int = 3,
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                     "category_id": COCO.ids[c], "iscrowd": 0, "area": 4.0,
                                     "bbox": [1, 1, 2, 2], "segmentation": [[1, 1, 3, 1, 3, 3]]})
+        thin = int(np.flatnonzero(labels[0] < 0)[0])
+        annotations.append({"id": len(annotations) + 1, "image_id": first,
+                            "category_id": COCO.ids[thin], "iscrowd": 0, "area": 1.0,
+                            "bbox": [1, 1, 0.5, 2], "segmentation": [[1, 1, 1.5, 1, 1.5, 3]]})
+        if split == "val2014":
+            labels[0, thin] = 1
         _write_json(os.path.join(root, "COCO", "annotations", f"instances_{split}.json"),
                     {"info": {}, "licenses": [], "images": images,
                      "annotations": annotations, "categories": categories})

@@ -2,8 +2,11 @@
 
 Labels come from ``annotations/instances_<split>.json`` through pycocotools: class ``c`` is the
 ``c``-th category in category-id order (the ids run 1..90 with gaps). Every image of the file is
-kept; an image without annotations has only negatives. ``val`` is every 10th test image, as in
-the reference's best-val selection (SPEC 6).
+kept; an image without annotations has only negatives. In train2014, as in the reference, a box
+of width or height < 1 does not make its class positive (val2014 keeps every annotation). ``val``
+is every 10th test image, the TaI-DPT reference's best-val split (SPEC 6; DualCoOp's is every
+20th: ``DATASET.VAL_STRIDE 20``). Partial labels and few-shot subsets of train2014:
+:mod:`taidpt.datasets.train_labels`.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pycocotools.coco import COCO
 from taidpt.datasets._common import (COCO_CAPTIONS, Layout, LabelSet, load_label_set,
                                      wants_train_images)
 from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
+from taidpt.datasets.train_labels import finalize_train_split, val_split
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +51,10 @@ def load_instances(path: str) -> COCO:
     return coco
 
 
-def read_split(root: str, split: str, label_set: LabelSet) -> List[ImageItem]:
-    """Items of ``split`` (``val2014`` / ``train2014``) in image-id order, labels 1 / -1."""
+def read_split(root: str, split: str, label_set: LabelSet,
+               min_box_side: float = 0.0) -> List[ImageItem]:
+    """Items of ``split`` (``val2014`` / ``train2014``) in image-id order, labels ``N x 80`` 1 / -1;
+    annotations whose box width or height is below ``min_box_side`` are skipped."""
     path = LAYOUT.require(root, os.path.join("COCO", "annotations", f"instances_{split}.json"))
     coco = load_instances(path)
     category_ids = sorted(coco.getCatIds())
@@ -63,7 +69,9 @@ def read_split(root: str, split: str, label_set: LabelSet) -> List[ImageItem]:
     for image_id in sorted(coco.imgs):
         label = np.full(len(names), -1.0, dtype=np.float32)
         for annotation in coco.imgToAnns.get(image_id, []):
-            label[column[annotation["category_id"]]] = 1.0
+            box = annotation.get("bbox") or [0, 0, min_box_side, min_box_side]
+            if min(box[2], box[3]) >= min_box_side:
+                label[column[annotation["category_id"]]] = 1.0
         items.append(ImageItem(os.path.join(image_dir, coco.imgs[image_id]["file_name"]), label))
     return LAYOUT.check_images(items, path)
 
@@ -79,7 +87,8 @@ class COCO2014(DatasetBase):
         root = LAYOUT.root(cfg)
         label_set = load_label_set("coco2014")
         test = read_split(root, "val2014", label_set)
-        train = read_split(root, "train2014", label_set) if wants_train_images(cfg) else []
-        super().__init__(label_set.classnames, test=test, train_x=train, val=test[::10],
-                         synonyms=label_set.synonyms)
+        train = read_split(root, "train2014", label_set, 1.0) if wants_train_images(cfg) else []
+        train = finalize_train_split(cfg, "COCO2014", train, classnames=label_set.classnames)
+        super().__init__(label_set.classnames, test=test, train_x=train,
+                         val=val_split(cfg, test, test[::10]), synonyms=label_set.synonyms)
         self.caption_path = os.path.join(root, COCO_CAPTIONS)

@@ -10,7 +10,8 @@ The first name is the class name used in prompts and in the lists. ``DATASET.TES
 ``TRAIN_LIST`` and ``VAL_LIST`` (optional; ``val`` defaults to the test list) are CSV/TXT files
 with one ``image_path,label|label|...`` line per image (path relative to ``DATASET.ROOT`` or
 absolute; an empty label field means no positive). Listed labels are 1, all others -1. Blank
-lines, ``#`` comments and an ``image_path,labels`` header are skipped.
+lines, ``#`` comments and an ``image_path,labels`` header are skipped. ``DATASET.NUM_SHOTS``,
+``PARTIAL_PROB`` (random mask) and ``VAL_STRIDE`` (when no ``VAL_LIST``) apply as to the benchmarks.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from taidpt.datasets._common import Layout, bad_line
 from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
+from taidpt.datasets.train_labels import finalize_train_split, val_split
 
 LAYOUT = Layout(
     name="MultiLabelImageList",
@@ -89,5 +91,8 @@ class MultiLabelImageList(DatasetBase):
         classnames = [entries[0] for entries in synonyms]
         lists = {key: read_list(root, cfg.DATASET[key], classnames) if cfg.DATASET[key] else None
                  for key in ("TEST_LIST", "TRAIN_LIST", "VAL_LIST")}
-        super().__init__(classnames, test=lists["TEST_LIST"], train_x=lists["TRAIN_LIST"],
-                         val=lists["VAL_LIST"], synonyms=synonyms)
+        train = finalize_train_split(cfg, "MultiLabelImageList", lists["TRAIN_LIST"] or [],
+                                     classnames=classnames)
+        val = lists["VAL_LIST"] or val_split(cfg, lists["TEST_LIST"], lists["TEST_LIST"])
+        super().__init__(classnames, test=lists["TEST_LIST"], train_x=train, val=val,
+                         synonyms=synonyms)

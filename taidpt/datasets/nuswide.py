@@ -4,6 +4,8 @@ Image lists are ``ImageList/<Split>Imagelist.txt`` with Windows paths relative t
 (``actor\\0001_2124494179.jpg``); labels are one 0/1 line per image in
 ``TrainTestLabels/Labels_<concept>_<Split>.txt``. Many redistributed copies of NUS-WIDE lack some
 Flickr images: ``DATASET.NUSWIDE.SKIP_MISSING True`` drops them (with a warning) instead of failing.
+``val`` is the test split (DualCoOp's is every 60th test image: ``DATASET.VAL_STRIDE 60``).
+Partial labels and few-shot subsets of Train: :mod:`taidpt.datasets.train_labels`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from yacs.config import CfgNode as CN
 
 from taidpt.datasets._common import Layout, bad_line, load_label_set, wants_train_images
 from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
+from taidpt.datasets.train_labels import finalize_train_split, val_split
 
 LAYOUT = Layout(
     name="NUSWIDE",
@@ -36,7 +39,7 @@ def image_relpath(line: str) -> str:
 
 
 def read_split(root: str, split: str, concepts: List[str], skip_missing: bool) -> List[ImageItem]:
-    """Items of ``split`` (``Test`` / ``Train``) in list order, labels 1 / -1."""
+    """Items of ``split`` (``Test`` / ``Train``) in list order, labels ``N x 81`` 1 / -1."""
     list_relpath = os.path.join("NUSWIDE", "ImageList", f"{split}Imagelist.txt")
     paths = [image_relpath(line) for line in LAYOUT.read_lines(root, list_relpath)]
     labels = np.empty((len(paths), len(concepts)), dtype=np.float32)
@@ -76,6 +79,7 @@ class NUSWIDE(DatasetBase):
         skip = cfg.DATASET.NUSWIDE.SKIP_MISSING
         test = read_split(root, "Test", label_set.labels, skip)
         train = read_split(root, "Train", label_set.labels, skip) if wants_train_images(cfg) else []
-        super().__init__(label_set.classnames, test=test, train_x=train, val=test,
-                         synonyms=label_set.synonyms)
+        train = finalize_train_split(cfg, "NUSWIDE", train, classnames=label_set.classnames)
+        super().__init__(label_set.classnames, test=test, train_x=train,
+                         val=val_split(cfg, test, test), synonyms=label_set.synonyms)
         self.caption_path = os.path.join(root, OPENIMAGES_CAPTIONS)

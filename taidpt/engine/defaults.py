@@ -31,7 +31,11 @@ def get_engine_defaults() -> CN:
     _C.DATASET.NAME = ""
     _C.DATASET.SOURCE_DOMAINS = ()
     _C.DATASET.TARGET_DOMAINS = ()
-    _C.DATASET.NUM_SHOTS = -1
+    # Training images (train_x; taidpt/datasets/train_labels.py, DATA.md "Partial labels").
+    _C.DATASET.NUM_SHOTS = -1  # K >= 1: seeded subset with >= K positive images per class; < 1 off
+    _C.DATASET.PARTIAL_PROB = 1.0  # fraction of training labels kept known, in (0, 1]; rest -> 0
+    _C.DATASET.PARTIAL_DIR = "partial/VOC2007/partial-labels"  # VOC train_proportion_{p}.txt files
+    _C.DATASET.VAL_STRIDE = -1  # N > 0: val = test[::N]; -1: the dataset's own val split
     _C.DATASET.SUBSAMPLE_CLASSES = "all"
     # VOC "difficult" (label 0) in evaluation: "negative" (reference) or "ignore" (standard).
     _C.DATASET.DIFFICULT = "negative"

@@ -1,8 +1,10 @@
 """The synthetic world as a registered dataset: ``DATASET.NAME Synthetic`` (alias ``synthetic``).
 
 ``test``: the labelled test images (split c); ``val``: labelled images of their own (for choosing
-hyper-parameters and best-val selection); ``train_x``: labelled images of the pretraining pairs
-(split a; for image-trained references such as the linear probe); ``caption_path``: the
+hyper-parameters and best-val selection; ``DATASET.VAL_STRIDE`` does not apply: val is never cut
+from test); ``train_x``: labelled images of the pretraining pairs (split a; for image-trained
+references such as the linear probe), after ``DATASET.NUM_SHOTS`` and ``DATASET.PARTIAL_PROB``
+(:mod:`taidpt.datasets.train_labels`; the world itself does not change); ``caption_path``: the
 caption-only corpus (split b) that TaI-DPT trains on; ``clip_path``: where the world's tiny CLIP
 is (or will be) cached, built by ``taidpt synthetic`` or :func:`build_tiny_clip`.
 """
@@ -16,6 +18,7 @@ from yacs.config import CfgNode as CN
 
 from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
 from taidpt.datasets.synthetic.scenes import load_vocabulary
+from taidpt.datasets.train_labels import finalize_train_split
 from taidpt.datasets.synthetic.world import PRETRAIN_STEPS, WorldSpec, build_world, tiny_clip_path
 
 
@@ -44,9 +47,11 @@ class Synthetic(DatasetBase):
         spec = WorldSpec.from_cfg(cfg)
         root = build_world(spec, node.CACHE_DIR)
         classes = load_vocabulary(spec.num_classes).classes
-        super().__init__([c.name for c in classes], test=read_image_list(root, "test.txt", len(classes)),
-                         val=read_image_list(root, "val.txt", len(classes)),
-                         train_x=read_image_list(root, "train.txt", len(classes)),
+        names = [c.name for c in classes]
+        train = finalize_train_split(cfg, "Synthetic", read_image_list(root, "train.txt", len(classes)),
+                                     classnames=names)
+        super().__init__(names, test=read_image_list(root, "test.txt", len(classes)),
+                         val=read_image_list(root, "val.txt", len(classes)), train_x=train,
                          synonyms=[list(c.synonyms) for c in classes])
         self.dataset_dir = str(root)
         self.caption_path = str(root / "captions.txt")
