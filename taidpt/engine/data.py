@@ -36,28 +36,110 @@ def _normalize(cfg) -> T.Normalize:
     return T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
 
 
+TEST_RESIZES = ("crop", "square")
+
+
 def build_test_transform(cfg) -> Callable:
-    """SPEC 6: resize the shorter side, center crop to ``INPUT.SIZE``, CLIP mean/std."""
+    """Test / val images, ``INPUT.TEST_RESIZE``: ``crop`` (SPEC 6: resize the shorter side, center
+    crop to ``INPUT.SIZE``) or ``square`` (resize to ``INPUT.SIZE``, no crop: DualCoOp, SPEC 7);
+    ``INPUT.INTERPOLATION``, then CLIP mean/std."""
     size = tuple(cfg.INPUT.SIZE)
-    return T.Compose([T.Resize(min(size), interpolation=_interpolation(cfg)), T.CenterCrop(size),
-                      T.ToTensor(), _normalize(cfg)])
+    mode = cfg.INPUT.TEST_RESIZE
+    if mode == "crop":
+        resize = [T.Resize(min(size), interpolation=_interpolation(cfg)), T.CenterCrop(size)]
+    elif mode == "square":
+        resize = [T.Resize(size, interpolation=_interpolation(cfg))]
+    else:
+        raise ValueError(f"INPUT.TEST_RESIZE must be one of {', '.join(TEST_RESIZES)}, "
+                         f"got {mode!r}")
+    return T.Compose([*resize, T.ToTensor(), _normalize(cfg)])
+
+
+class RandomColourCutout:
+    """One rectangle of ``factor`` x each side (a square on a square image) centred at a uniformly
+    drawn pixel, clipped at the borders, filled with a uniformly drawn RGB colour. PIL image in,
+    PIL image out; draws from torch's RNG."""
+
+    def __init__(self, factor: float) -> None:
+        if not 0 < factor <= 1:
+            raise ValueError(f"INPUT.CUTOUT_FACTOR must be in (0, 1] (the cutout side as a "
+                             f"fraction of the image side), got {factor}")
+        self.factor = factor
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        cut_w, cut_h = int(self.factor * width + 0.5), int(self.factor * height + 0.5)
+        cx, cy = int(torch.randint(width, ())), int(torch.randint(height, ()))
+        colour = tuple(int(v) for v in torch.randint(256, (3,)))
+        x0, y0 = max(cx - cut_w // 2, 0), max(cy - cut_h // 2, 0)
+        x1, y1 = min(cx - cut_w // 2 + cut_w, width), min(cy - cut_h // 2 + cut_h, height)
+        img = img.copy()
+        img.paste(colour, (x0, y0, x1, y1))
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(factor={self.factor})"
+
+
+class EitherOr:
+    """``first(img)`` with probability ``p``, else ``second(img)`` (torch's RNG, so seeded loaders
+    stay deterministic; torchvision's ``RandomChoice`` uses Python's ``random``)."""
+
+    def __init__(self, first: Callable, second: Callable, p: float = 0.5) -> None:
+        self.first, self.second, self.p = first, second, p
+
+    def __call__(self, img):
+        return self.first(img) if float(torch.rand(())) < self.p else self.second(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p},\n  {self.first},\n  {self.second})"
+
+
+# INPUT.TRANSFORMS names (Dassl's where Dassl has one). They apply in this order, whatever the
+# order of the list: the geometric step, then the photometric ones, ToTensor + CLIP normalisation,
+# then the tensor step.
+TRAIN_TRANSFORMS = {
+    "random_resized_crop": "RandomResizedCrop to INPUT.SIZE, scale INPUT.RRCROP_SCALE, "
+                           "INPUT.INTERPOLATION",
+    "random_crop_or_cutout": "with probability 1/2 random_resized_crop, else Resize to "
+                             "INPUT.SIZE (bilinear) + one cutout of INPUT.CUTOUT_FACTOR x the "
+                             "side in a random colour (DualCoOp, SPEC 7)",
+    "imagenet_policy": "AutoAugment: one of torchvision's ImageNet sub-policies, chosen uniformly",
+    "random_flip": "horizontal flip with probability 1/2",
+    "randaugment": "torchvision's RandAugment",
+    "normalize": "CLIP mean / std (INPUT.PIXEL_MEAN, INPUT.PIXEL_STD; always applied)",
+    "cutout": "RandomErasing of 2-20% of the normalised tensor with zeros",
+}
+GEOMETRIC = ("random_resized_crop", "random_crop_or_cutout")
+CUTOUT_RESIZE_INTERPOLATION = T.InterpolationMode.BILINEAR  # random_crop_or_cutout's (reference)
 
 
 def build_train_transform(cfg) -> Callable:
-    """Training images: ``INPUT.TRANSFORMS`` of random_resized_crop / random_flip / cutout
-    (Dassl names); anything else is an error naming the transform."""
+    """Training images: the ``INPUT.TRANSFORMS`` steps of :data:`TRAIN_TRANSFORMS` (in that order;
+    without a geometric step, resize the shorter side + center crop). Unknown names, or both
+    geometric steps, are errors naming the key."""
     size = tuple(cfg.INPUT.SIZE)
-    steps: List[Callable] = []
     names = list(cfg.INPUT.TRANSFORMS)
-    known = {"random_resized_crop", "random_flip", "normalize", "cutout", "randaugment"}
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in TRAIN_TRANSFORMS]
     if unknown:
-        raise ValueError(f"Unknown INPUT.TRANSFORMS {unknown}; supported: {sorted(known)}")
-    if "random_resized_crop" in names:
-        steps.append(T.RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE),
-                                         interpolation=_interpolation(cfg)))
+        raise ValueError(f"Unknown INPUT.TRANSFORMS {unknown}; supported: "
+                         f"{', '.join(TRAIN_TRANSFORMS)}")
+    geometric = [n for n in GEOMETRIC if n in names]
+    if len(geometric) > 1:
+        raise ValueError(f"INPUT.TRANSFORMS may hold only one of {', '.join(GEOMETRIC)}, got both")
+    crop = T.RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE),
+                               interpolation=_interpolation(cfg))
+    steps: List[Callable] = []
+    if "random_crop_or_cutout" in names:
+        cutout = T.Compose([T.Resize(size, interpolation=CUTOUT_RESIZE_INTERPOLATION),
+                            RandomColourCutout(cfg.INPUT.CUTOUT_FACTOR)])
+        steps.append(EitherOr(crop, cutout))
+    elif "random_resized_crop" in names:
+        steps.append(crop)
     else:
         steps += [T.Resize(min(size), interpolation=_interpolation(cfg)), T.CenterCrop(size)]
+    if "imagenet_policy" in names:
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
     if "random_flip" in names:
         steps.append(T.RandomHorizontalFlip())
     if "randaugment" in names:

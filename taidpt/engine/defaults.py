@@ -25,6 +25,8 @@ def get_engine_defaults() -> CN:
     _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
     _C.INPUT.CUTOUT_N = 1
     _C.INPUT.CUTOUT_LEN = 16
+    _C.INPUT.CUTOUT_FACTOR = 0.4  # random_crop_or_cutout: cutout side / image side
+    _C.INPUT.TEST_RESIZE = "crop"  # crop: shorter side + center crop; square: resize to SIZE
 
     _C.DATASET = CN()
     _C.DATASET.ROOT = ""
