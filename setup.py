@@ -31,7 +31,7 @@ setup(
     extras_require={"dev": ["pytest", "pytest-timeout"]},
     entry_points={
         "console_scripts": [
-            "taidpt-train=taidpt.train_cli:main",
+            "taidpt-train=taidpt.cli.train:main",
             "taidpt=taidpt.cli:main",
         ]
     },

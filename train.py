@@ -1,7 +1,7 @@
 """CoOp/Dassl-compatible entry point: ``python train.py --trainer TaIDPT ...`` (see --help)."""
 import sys
 
-from taidpt.train_cli import build_parser, cfg_from_args, main
+from taidpt.cli.train import build_parser, cfg_from_args, main
 
 __all__ = ["build_parser", "cfg_from_args", "main"]
 

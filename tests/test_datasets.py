@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import fake_data
+from taidpt.cli.prepare import add_parser, run
 from taidpt.datasets import captions
 from taidpt.datasets.base import DATASET_REGISTRY, build_dataset, label_matrix
 from taidpt.datasets.coco2014 import COCO2014
 from taidpt.datasets.image_list import MultiLabelImageList
 from taidpt.datasets.nuswide import NUSWIDE, image_relpath
-from taidpt.prepare_cli import add_parser, run
 from taidpt.datasets.voc2007 import VOC2007
 from taidpt.engine.defaults import get_engine_defaults
 

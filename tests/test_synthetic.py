@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from taidpt.cli import synthetic as synthetic_cli
 from taidpt.clip import load_clip, random_clip, tokenize
 from taidpt.clip.pretrain import clip_loss, normalize_images, pretrain_clip
 from taidpt.datasets.labelling import Labeller
 from taidpt.datasets.synthetic import (Synthetic, WorldSpec, build_tiny_clip, build_world, load_vocabulary,
                                        render_scene, sample_scene, scene_at, write_caption)
 from taidpt.datasets.synthetic import captions as caption_module
-from taidpt.datasets.synthetic import cli, scenes as scenes_module, world as world_module
+from taidpt.datasets.synthetic import scenes as scenes_module, world as world_module
 from taidpt.datasets.synthetic.shapes import SHAPES, object_mask
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.metrics import mean_average_precision
@@ -263,7 +264,7 @@ def test_dataset_names_a_corrupt_list(tmp_path):
 
 def test_cli_prints_the_paths(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers())
+    synthetic_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["synthetic", "--seed", "3", "--num-pairs", "24", "--num-captions", "30",
                               "--num-test", "12", "--num-val", "6", "--num-train", "8", "--no-clip", "--json",
                               "--cache-dir", str(tmp_path)])

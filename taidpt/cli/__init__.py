@@ -1,5 +1,9 @@
 """The ``taidpt`` command: ``train`` (= train.py), ``prepare`` (caption caches), ``synthetic``
-(the embedded synthetic world and its tiny CLIP) and ``list`` (registered names)."""
+(the embedded synthetic world and its tiny CLIP) and ``list`` (registered names).
+
+One module per subcommand (``taidpt/cli/<name>.py``, each with ``add_parser(subparsers)`` and
+``run(args)``); ``train`` keeps train.py's own parser (``taidpt.cli.train``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -23,15 +27,14 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taidpt import prepare_cli
-    from taidpt.datasets.synthetic import cli as synthetic_cli
+    from taidpt.cli import prepare, synthetic
 
     parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train / evaluate (same flags as train.py)", add_help=False)
     train.set_defaults(func=None)
-    prepare_cli.add_parser(sub)
-    synthetic_cli.add_parser(sub)
+    prepare.add_parser(sub)
+    synthetic.add_parser(sub)
     sub.add_parser("list", help="list registered trainers, datasets and evaluators").set_defaults(func=_run_list)
     return parser
 
@@ -39,12 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        from taidpt.train_cli import main as train_main
+        from taidpt.cli.train import main as train_main
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logger()
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
