@@ -2,9 +2,10 @@
 backbone from the config, and the precision / AMP update step."""
 from taidpt.models.backbone import backbone_context_length, backbone_source, load_backbone
 from taidpt.models.precision import PRECISIONS, PrecisionStep, check_precision
-from taidpt.models.prompts import PromptContext, class_token_layout, prompt_texts
+from taidpt.models.prompts import (ContextPrompts, PromptContext, PromptedCLIP, class_token_layout,
+                                   prompt_texts)
 from taidpt.models.spatial import Scale, spatial_pool
 
-__all__ = ["PRECISIONS", "PrecisionStep", "PromptContext", "Scale", "backbone_context_length",
-           "backbone_source", "check_precision", "class_token_layout", "load_backbone",
-           "prompt_texts", "spatial_pool"]
+__all__ = ["ContextPrompts", "PRECISIONS", "PrecisionStep", "PromptContext", "PromptedCLIP",
+           "Scale", "backbone_context_length", "backbone_source", "check_precision",
+           "class_token_layout", "load_backbone", "prompt_texts", "spatial_pool"]

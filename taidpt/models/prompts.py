@@ -12,12 +12,13 @@ embedding width.
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from taidpt.clip import encode_prompt_embeddings, tokenize
+from taidpt.clip import encode_image, encode_prompt_embeddings, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +135,79 @@ class PromptContext(nn.Module):
         """Token ids in prompt order, ``C x L`` (context positions hold the placeholder ids)."""
         return self.tokenized_prompts.gather(1, self.layout)
 
-    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Context ``M x W`` or ``C x M x W`` -> prompt embeddings ``C x L x W``."""
+    @property
+    def eos_length(self) -> int:
+        """``L'``: one past the longest prompt's EOS; the positions after it are padding."""
+        return int(self.tokenized_prompts.argmax(dim=-1).max()) + 1
+
+    def assemble(self, ctx: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+        """Context -> prompt embeddings: ``M x W`` (generic) or ``C x M x W`` (class-specific) ->
+        ``C x L x W``; per-image contexts ``B x C x M x W`` (or ``B x 1 x M x W``, shared by the
+        classes) -> ``B x C x L x W``. ``length`` (>= :attr:`eos_length`) keeps only the first
+        positions (``L`` -> ``length``) without building the rest."""
         if ctx.dim() == 2:
-            ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
-        prompts = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+            ctx = ctx.unsqueeze(0)
+        ctx = ctx.expand(*ctx.shape[:-3], self.n_cls, -1, -1)
+        lead = ctx.shape[:-3]
+        suffix, layout = self.token_suffix, self.layout
+        if length is not None:
+            suffix, layout = suffix[:, :length - 1 - self.n_ctx], layout[:, :length]
+        prompts = torch.cat([self.token_prefix.expand(*lead, -1, -1, -1), ctx,
+                             suffix.expand(*lead, -1, -1, -1)], dim=-2)
         if self.class_token_position == "end":
             return prompts
-        return prompts.gather(1, self.layout.unsqueeze(-1).expand(-1, -1, prompts.shape[-1]))
+        return prompts.gather(-2, layout.unsqueeze(-1).expand(prompts.shape))
 
-    def encode(self, clip_model: nn.Module, ctx: torch.Tensor) -> torch.Tensor:
-        """Class text features ``C x D`` (EOS position, not normalised) for the context ``ctx``."""
-        return encode_prompt_embeddings(clip_model, self.assemble(ctx), self.tokenized_prompts)
+    def encode(self, clip_model: nn.Module, ctx: torch.Tensor,
+               cut_at_eos: bool = False) -> torch.Tensor:
+        """Class text features (EOS position, not normalised) for the context ``ctx``: ``C x D``,
+        or ``B x C x D`` for per-image contexts (see :meth:`assemble`).
+
+        ``cut_at_eos`` runs the text transformer on the first :attr:`eos_length` positions only
+        (``L'`` instead of ``L`` tokens per prompt). Exact: the transformer is causal and every
+        dropped position comes after every prompt's EOS; only the summation order of fp kernels
+        can change (differences ~1e-7 in fp32).
+        """
+        length = self.eos_length if cut_at_eos else None
+        prompts, tokens = self.assemble(ctx, length), self.tokenized_prompts[:, :length]
+        if prompts.dim() == 3:
+            return encode_prompt_embeddings(clip_model, prompts, tokens)
+        batch = prompts.shape[0]
+        features = encode_prompt_embeddings(clip_model, prompts.flatten(0, 1),
+                                            tokens.repeat(batch, 1))
+        return features.view(batch, self.n_cls, -1)
+
+
+class ContextPrompts(PromptContext):
+    """CoOp's prompt learner: one learnable context ``ctx``, ``M x W`` (generic) or ``C x M x W``
+    (``csc``, class-specific). State dict: ``ctx``, ``token_prefix``, ``token_suffix``."""
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16,
+                 csc: bool = False, ctx_init: str = "", class_token_position: str = "end") -> None:
+        super().__init__(clip_model, classnames, n_ctx, ctx_init, class_token_position)
+        self.ctx = nn.Parameter(self.initial_context(csc))
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP (always in eval mode, no gradients) + a prompt learner, the trainable part,
+    for methods scored on CLIP's own image feature with CLIP's own logit scale."""
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: PromptContext) -> None:
+        super().__init__()
+        self.clip = clip_model.eval().requires_grad_(False)
+        self.prompt_learner = prompt_learner
+
+    def train(self, mode: bool = True) -> "PromptedCLIP":
+        super().train(mode)
+        self.clip.eval()  # frozen BatchNorm statistics
+        return self
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's own logit scale ``exp(logit_scale)`` (frozen; 100 for OpenAI's CLIPs)."""
+        return self.clip.logit_scale.exp()
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``B x 3 x H x W`` -> normalised stock CLIP image features ``B x D``."""
+        return F.normalize(encode_image(self.clip, images), dim=-1)
