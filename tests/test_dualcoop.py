@@ -370,3 +370,23 @@ def test_training_on_a_caption_dataset_config_is_a_clear_error(tmp_path, tiny_cl
                     "--dataset-config-file", f"{REPO}/configs/datasets/voc2007_caption.yaml",
                     "MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(64, 64)",
                     "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False"])
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_prompts_with_loader_workers(tmp_path, tiny_clip_file):
+    root = tmp_path / "data"
+    _write_tree("voc2007", str(root))
+    args = ["--trainer", "DualCoOp", "--root", str(root), "--seed", "3",
+            "--dataset-config-file", f"{REPO}/configs/datasets/voc2007_partial.yaml",
+            "--config-file", f"{REPO}/configs/trainers/DualCoOp/rn101_voc2007.yaml",
+            "MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(64, 64)",
+            "DATALOADER.NUM_WORKERS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+            "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "-1", "OPTIM.LR", "0.05",
+            "TEST.FINAL_MODEL", "last_step", "TRAINER.DUALCOOP.N_CTX", "4", "USE_CUDA", "False"]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        assert train.main(["--output-dir", str(run), *args]) == 0
+    weights = [torch.load(run / "prompt_learner" / "model.pth.tar-1", weights_only=False)["state_dict"]
+               for run in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in STATE_KEYS)
+    assert _results(runs[0])["results"] == _results(runs[1])["results"]
