@@ -219,6 +219,29 @@ def test_bad_settings_name_the_key(tmp_path, tiny_clip_file, trainer_name, key, 
         build_trainer(cfg)
 
 
+@pytest.mark.parametrize("trainer_name", list(TRAINERS))
+def test_cached_features_train_exactly_like_images(tmp_path, tiny_clip_file, trainer_name):
+    node = TRAINERS[trainer_name]
+    learned = []
+    for cache in (False, True):
+        torch.manual_seed(0)  # the same initial context
+        trainer = build_trainer(_cfg(tmp_path, tiny_clip_file, trainer_name, **{
+            f"TRAINER.{node}.CACHE_FEATURES": cache, "OPTIM.MAX_EPOCH": 2, "TEST.NO_TEST": True,
+            "OUTPUT_DIR": str(tmp_path / f"out_{cache}")}))
+        trainer.train()
+        learned.append(_trainable(trainer))
+    assert isinstance(trainer.train_loader_x.dataset, list)  # the cached run read no image
+    for name, value in learned[0].items():
+        assert (value - learned[1][name]).abs().max() <= 1e-6, name
+
+
+def test_cached_features_refuse_random_transforms(tmp_path, tiny_clip_file):
+    cfg = _cfg(tmp_path, tiny_clip_file, "CoOpML", **{"TRAINER.COOPML.CACHE_FEATURES": True,
+                                                      "INPUT.TRANSFORMS": ("random_flip",)})
+    with pytest.raises(ValueError, match=r"INPUT.TRANSFORMS \['random_flip'\]"):
+        build_trainer(cfg)
+
+
 def test_no_training_images_is_a_clear_error(tmp_path, tiny_clip_file):
     cfg = _cfg(tmp_path, tiny_clip_file, "CoOpML", **{"DATASET.TRAIN_LIST": ""})
     trainer = build_trainer(cfg)

@@ -70,10 +70,13 @@ class CoCoOpMLModel(PromptedCLIP):
         ctx = learner.ctx + pi[:, None, None, :]  # B x 1 x M x W: one context per image
         return F.normalize(learner.encode(self.clip, ctx, cut_at_eos=True), dim=-1)
 
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Normalised image features ``f`` ``B x D`` -> logits ``B x C``."""
+        g = self.class_embeddings(f)  # B x C x D: prompts conditioned on each image
+        return self.logit_scale * torch.einsum("bd,bcd->bc", f, g)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.image_features(images)  # B x D
-        g = self.class_embeddings(f)  # B x C x D
-        return self.logit_scale * torch.einsum("bd,bcd->bc", f, g)  # B x C
+        return self.logits(self.image_features(images))
 
 
 @TRAINER_REGISTRY.register()
@@ -91,3 +94,4 @@ class CoCoOpML(CoOpML):
         c.CTX_INIT = "a photo of a"  # words initialising the context; "" -> N(0, 0.02^2)
         c.PREC = "fp32"  # fp32, fp16 or amp
         c.LOSS = "bce"  # bce or asl, over the known labels (1 / -1) only
+        c.CACHE_FEATURES = False  # encode training images once (no random INPUT.TRANSFORMS)

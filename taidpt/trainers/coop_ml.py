@@ -10,19 +10,23 @@ is trained. Few-shot CoOp on VOC / COCO / NUS-WIDE is the paper's Figure 6, ense
 the way DualCoOp is.
 
 Each step encodes the ``C`` class prompts once, cut after their longest EOS (``C`` sequences of
-``L'`` instead of ``L`` tokens; exact, see :meth:`PromptContext.encode`).
+``L'`` instead of ``L`` tokens; exact, see :meth:`PromptContext.encode`). Without random
+``INPUT.TRANSFORMS`` the frozen image features never change: ``CACHE_FEATURES`` computes them
+once before training instead of every epoch (the synthetic world's configs do).
 """
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
+from taidpt.engine.data import ImageDataset, build_loader, build_train_transform, seeded_generator
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
@@ -52,10 +56,13 @@ class CoOpMLModel(PromptedCLIP):
         learner = self.prompt_learner
         return F.normalize(learner.encode(self.clip, learner.ctx, cut_at_eos=True), dim=-1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.image_features(images)  # B x D
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Normalised image features ``f`` ``B x D`` -> logits ``B x C``."""
         g = self.class_embeddings()  # C x D
-        return self.logit_scale * f @ g.t()  # B x C
+        return self.logit_scale * f @ g.t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.image_features(images))
 
 
 @TRAINER_REGISTRY.register()
@@ -77,6 +84,7 @@ class CoOpML(SimpleTrainer):
         c.CLASS_TOKEN_POSITION = "end"  # end, middle or front
         c.PREC = "fp32"  # fp32, fp16 or amp
         c.LOSS = "bce"  # bce or asl, over the known labels (1 / -1) only
+        c.CACHE_FEATURES = False  # encode training images once (no random INPUT.TRANSFORMS)
 
     @property
     def settings(self) -> CN:
@@ -89,6 +97,11 @@ class CoOpML(SimpleTrainer):
         if c.LOSS not in KNOWN_LABEL_LOSSES:
             raise ValueError(f"TRAINER.{self.cfg_node}.LOSS must be one of "
                              f"{', '.join(KNOWN_LABEL_LOSSES)}, got {c.LOSS!r}.")
+        random = [name for name in cfg.INPUT.TRANSFORMS if name != "normalize"]
+        if c.CACHE_FEATURES and random:
+            raise ValueError(f"TRAINER.{self.cfg_node}.CACHE_FEATURES encodes every training image "
+                             f"once, which random INPUT.TRANSFORMS {random} would make wrong: set "
+                             "INPUT.TRANSFORMS () or CACHE_FEATURES False.")
 
     @functools.cached_property
     def clip_model(self) -> nn.Module:
@@ -114,11 +127,33 @@ class CoOpML(SimpleTrainer):
         logger.info("Training on %d images (DATASET.NUM_SHOTS %d, PARTIAL_PROB %s)",
                     len(self.dataset.train_x), self.cfg.DATASET.NUM_SHOTS,
                     self.cfg.DATASET.PARTIAL_PROB)
+        if self.settings.CACHE_FEATURES:
+            self.train_loader_x = self.feature_loader()
         super().before_train()
 
+    @torch.no_grad()
+    def feature_loader(self) -> DataLoader:
+        """The training images encoded once by the frozen CLIP (exact without random transforms):
+        batches ``{"feature": B x D, "label": B x C}`` in the image loader's order."""
+        images = ImageDataset(self.dataset.train_x, build_train_transform(self.cfg))
+        items = []
+        for batch in build_loader(self.cfg, images, self.cfg.DATALOADER.TEST.BATCH_SIZE, False):
+            features = self.model.image_features(batch["img"].to(self.device))
+            items += [{"feature": f, "label": y} for f, y in zip(features, batch["label"])]
+        logger.info("Cached the CLIP features of %d training images", len(items))
+        return DataLoader(items, batch_size=self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, shuffle=True,
+                          generator=seeded_generator(self.cfg))
+
+    def parse_batch_train(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(normalised image features ``B x D``, labels ``B x C``): cached or encoded now."""
+        labels = batch["label"].to(self.device)
+        if "feature" in batch:
+            return batch["feature"], labels
+        return self.model.image_features(batch["img"].to(self.device)), labels
+
     def forward_backward(self, batch: dict) -> dict:
-        images, labels = self.parse_batch_train(batch)
+        features, labels = self.parse_batch_train(batch)
         with self.precision.autocast():
-            loss = known_label_loss(self.settings.LOSS, self.model(images).float(), labels)
+            loss = known_label_loss(self.settings.LOSS, self.model.logits(features).float(), labels)
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
