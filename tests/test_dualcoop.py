@@ -15,6 +15,7 @@ from fake_data import write_fake_coco, write_fake_nuswide, write_fake_voc, write
 from taidpt.clip import random_clip, tokenize
 from taidpt.config import get_cfg_default, setup_cfg
 from taidpt.engine.checkpoint import save_checkpoint
+from taidpt.engine.data import build_train_transform
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import TrainerBase
@@ -390,3 +391,11 @@ def test_the_same_seed_trains_the_same_prompts_with_loader_workers(tmp_path, tin
                for run in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in STATE_KEYS)
     assert _results(runs[0])["results"] == _results(runs[1])["results"]
+
+
+def test_tiny_synthetic_config():
+    cfg = setup_cfg(f"{REPO}/configs/datasets/synthetic.yaml",
+                    f"{REPO}/configs/trainers/DualCoOp/tiny_synthetic.yaml", {"TRAINER.NAME": "DualCoOp"})
+    assert tuple(cfg.INPUT.SIZE) == (64, 64) and cfg.INPUT.TEST_RESIZE == "square"
+    assert cfg.TRAINER.DUALCOOP.CTX_INIT == "a photo of a" and cfg.TRAINER.DUALCOOP.LOSS == "asl"
+    build_train_transform(cfg)
