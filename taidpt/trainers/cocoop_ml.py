@@ -10,8 +10,9 @@ meta-net are trained.
 Cost: every step (and every test batch) runs ``B x C`` prompts through the text transformer,
 each cut after the longest prompt's EOS (exact): ``L' = 10`` tokens instead of 77 for VOC and COCO
 with the default ``"a photo of a"`` context (9 for NUS-WIDE). The RN50 configs (batch 8) thus
-encode 8 x 20 = 160 (VOC) or 8 x 80 = 640 (COCO) sequences of 10 tokens per step, about the
-token count of CoOp's 80 uncut prompts; the test set costs N x C sequences (COCO val: 3.2 M).
+encode 8 x 20 = 160 (VOC) or 8 x 80 = 640 (COCO) sequences of 10 tokens per step, about as many
+tokens as CoOp's C uncut prompts (20 or 80 x 77); the test set costs N x C sequences (COCO val:
+3.2 M).
 """
 from __future__ import annotations
 
