@@ -57,3 +57,26 @@ def test_load_backbone_reads_the_path_in_the_precision(tiny_clip_file, precision
     model = load_backbone(cfg, precision)
     assert model.visual.conv1.weight.dtype == dtype and not model.training
     assert backbone_context_length(cfg) == model.context_length
+
+
+def test_two_context_model_keeps_clip_frozen_and_caches_within_the_block():
+    from taidpt.clip import random_clip
+    from taidpt.models import TwoContextModel
+    from taidpt.trainers.dualcoop import DualPromptLearner
+
+    class Model(TwoContextModel):
+        context_names = ("ctx", "ctx_neg")
+
+    clip_model = random_clip("tiny", seed=0)
+    model = Model(clip_model, DualPromptLearner(clip_model, ["cat", "dog"], n_ctx=4))
+    model.train()
+    assert model.prompt_learner.training and not model.clip.training
+    assert not any(p.requires_grad for p in model.clip.parameters())
+    pos, neg = model.class_embeddings()
+    assert pos.shape == neg.shape == (2, clip_model.text_projection.shape[1])
+    assert not torch.allclose(pos, neg)  # two different contexts
+    with model.cached_prompts():
+        cached = model.class_embeddings()
+        assert cached[0] is model.class_embeddings()[0]
+    assert model._cached_embeddings is None
+    assert torch.allclose(cached[0], pos)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taidpt.clip import encode_image, encode_prompt_embeddings, tokenize
+from taidpt.models.frozen import FrozenCLIPModel
 
 logger = logging.getLogger(__name__)
 
@@ -188,19 +189,9 @@ class ContextPrompts(PromptContext):
         self.ctx = nn.Parameter(self.initial_context(csc))
 
 
-class PromptedCLIP(nn.Module):
-    """Frozen CLIP (always in eval mode, no gradients) + a prompt learner, the trainable part,
-    for methods scored on CLIP's own image feature with CLIP's own logit scale."""
-
-    def __init__(self, clip_model: nn.Module, prompt_learner: PromptContext) -> None:
-        super().__init__()
-        self.clip = clip_model.eval().requires_grad_(False)
-        self.prompt_learner = prompt_learner
-
-    def train(self, mode: bool = True) -> "PromptedCLIP":
-        super().train(mode)
-        self.clip.eval()  # frozen BatchNorm statistics
-        return self
+class PromptedCLIP(FrozenCLIPModel):
+    """Frozen CLIP + a prompt learner, for methods scored on CLIP's own image feature with CLIP's
+    own logit scale."""
 
     @property
     def logit_scale(self) -> torch.Tensor:

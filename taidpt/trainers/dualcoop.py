@@ -8,10 +8,9 @@ local logits only; the global (attention-pool) logits are evaluated and saved be
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.losses import known_label_loss
-from taidpt.models import PromptContext, PrecisionStep, check_precision, load_backbone
+from taidpt.models import PromptContext, PrecisionStep, TwoContextModel, check_precision, load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -53,44 +52,21 @@ class DualPromptLearner(PromptContext):
         self.register_buffer("token_suffix_nocls", nocls[:, 1 + self.n_ctx:])
 
 
-class DualCoOpModel(nn.Module):
-    """Frozen CLIP (always in eval mode) + :class:`DualPromptLearner`, the only trainable part."""
+class DualCoOpModel(TwoContextModel):
+    """Frozen CLIP + :class:`DualPromptLearner`; :meth:`class_embeddings` gives (positive ``G+``,
+    negative ``G-``), ``C x D`` each."""
+
+    context_names = ("ctx", "ctx_neg")
 
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16,
                  csc: bool = False, ctx_init: str = "", class_token_position: str = "end") -> None:
-        super().__init__()
-        self.clip = clip_model.eval().requires_grad_(False)
-        self.prompt_learner = DualPromptLearner(clip_model, classnames, n_ctx, csc, ctx_init,
-                                                class_token_position)
-        self._cached_embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        super().__init__(clip_model, DualPromptLearner(clip_model, classnames, n_ctx, csc, ctx_init,
+                                                       class_token_position))
 
     @classmethod
     def from_cfg(cls, cfg: CN, clip_model: nn.Module, classnames: Sequence[str]) -> "DualCoOpModel":
         c = cfg.TRAINER.DUALCOOP
         return cls(clip_model, classnames, c.N_CTX, c.CSC, c.CTX_INIT, c.CLASS_TOKEN_POSITION)
-
-    def train(self, mode: bool = True) -> "DualCoOpModel":
-        super().train(mode)
-        self.clip.eval()  # frozen BatchNorm statistics
-        return self
-
-    def class_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Normalised class embeddings (positive ``G+`` ``C x D``, negative ``G-`` ``C x D``)."""
-        if self._cached_embeddings is not None:
-            return self._cached_embeddings
-        learner = self.prompt_learner
-        return (F.normalize(learner.encode(self.clip, learner.ctx), dim=-1),
-                F.normalize(learner.encode(self.clip, learner.ctx_neg), dim=-1))
-
-    @contextlib.contextmanager
-    def cached_prompts(self) -> Iterator[None]:
-        """Compute the class embeddings once and reuse them inside the block (evaluation)."""
-        with torch.no_grad():
-            self._cached_embeddings = self.class_embeddings()
-        try:
-            yield
-        finally:
-            self._cached_embeddings = None
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

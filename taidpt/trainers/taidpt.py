@@ -12,10 +12,9 @@ in the state dict for checkpoint compatibility only.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,8 @@ from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.losses import double_loss
-from taidpt.models import PromptContext, PrecisionStep, Scale, check_precision, load_backbone, spatial_pool
+from taidpt.models import (PromptContext, PrecisionStep, Scale, TwoContextModel, check_precision,
+                           load_backbone, spatial_pool)
 
 logger = logging.getLogger(__name__)
 
@@ -76,27 +76,27 @@ class DoublePromptLearner(PromptContext):
         self.register_buffer("token_suffix_nocls", nocls[:, 1 + self.n_ctx:])
 
 
-class TaIDPTModel(nn.Module):
-    """Frozen CLIP (always in eval mode) + :class:`DoublePromptLearner`, the only trainable part.
+class TaIDPTModel(TwoContextModel):
+    """Frozen CLIP + :class:`DoublePromptLearner`; :meth:`class_embeddings` gives (global ``G``,
+    local ``L``), ``C x D`` each.
 
     ``forward_text`` scores captions (training, SPEC 2), ``forward_image`` / ``forward`` scores
     images (testing, SPEC 3); both return (global logits ``B x C``, local logits ``B x C``).
     """
 
+    context_names = ("ctx", "ctx_double")
+
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16,
                  csc: bool = False, ctx_init: str = "", class_token_position: str = "end",
                  spatial_scale_text: float = 50.0, spatial_scale_image: float = 40.0,
                  learn_scale: bool = False, learn_spatial_scale: bool = False) -> None:
-        super().__init__()
-        self.clip = clip_model.eval().requires_grad_(False)
-        self.prompt_learner = DoublePromptLearner(clip_model, classnames, n_ctx, csc, ctx_init,
-                                                  class_token_position, learn_scale,
-                                                  learn_spatial_scale)
+        super().__init__(clip_model, DoublePromptLearner(clip_model, classnames, n_ctx, csc, ctx_init,
+                                                         class_token_position, learn_scale,
+                                                         learn_spatial_scale))
         self.spatial_scale_text = spatial_scale_text
         self.spatial_scale_image = spatial_scale_image
         self.learn_scale = learn_scale
         self.learn_spatial_scale = learn_spatial_scale
-        self._cached_embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @classmethod
     def from_cfg(cls, cfg: CN, clip_model: nn.Module, classnames: Sequence[str]) -> "TaIDPTModel":
@@ -104,35 +104,12 @@ class TaIDPTModel(nn.Module):
         return cls(clip_model, classnames, c.N_CTX, c.CSC, c.CTX_INIT, c.CLASS_TOKEN_POSITION,
                    c.SPATIAL_SCALE_TEXT, c.SPATIAL_SCALE_IMAGE, c.LEARN_SCALE, c.LEARN_SPATIAL_SCALE)
 
-    def train(self, mode: bool = True) -> "TaIDPTModel":
-        super().train(mode)
-        self.clip.eval()  # frozen BatchNorm statistics
-        return self
-
     @property
     def logit_scale(self) -> Scale:
         return self.prompt_learner.temperature.exp() if self.learn_scale else FIXED_LOGIT_SCALE
 
     def spatial_temperature(self, fixed: float) -> Scale:
         return self.prompt_learner.spatial_T.exp() if self.learn_spatial_scale else fixed
-
-    def class_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Normalised class embeddings (global ``G`` ``C x D``, local ``L`` ``C x D``)."""
-        if self._cached_embeddings is not None:
-            return self._cached_embeddings
-        learner = self.prompt_learner
-        return (F.normalize(learner.encode(self.clip, learner.ctx), dim=-1),
-                F.normalize(learner.encode(self.clip, learner.ctx_double), dim=-1))
-
-    @contextlib.contextmanager
-    def cached_prompts(self) -> Iterator[None]:
-        """Compute the class embeddings once and reuse them inside the block (evaluation)."""
-        with torch.no_grad():
-            self._cached_embeddings = self.class_embeddings()
-        try:
-            yield
-        finally:
-            self._cached_embeddings = None
 
     @torch.no_grad()
     def caption_features(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
