@@ -14,5 +14,10 @@ DATASET=$1 K=$2 SEED=$3 METHOD="${METHOD:-CoOpML}"
 dataset_setup "$DATASET" "$SEED"
 taidpt_run "$DATASET" "$SEED"
 SHOT_DIR="$OUTPUT/$DATASET/$METHOD/k$K/seed$SEED"
-train_and_validate "$SHOT_DIR" "$METHOD" "$IMAGE_DATASET_CFG" DATASET.NUM_SHOTS "$K"
+SHOT_OPTS=(DATASET.NUM_SHOTS "$K")
+if [ "$METHOD" = CoOpML ]; then  # CoOp's epochs by shots (see the CoOpML configs' header)
+  case "$K" in 1|2) EPOCHS=50 ;; 4|8) EPOCHS=100 ;; *) EPOCHS=200 ;; esac
+  SHOT_OPTS+=(OPTIM.MAX_EPOCH "$EPOCHS")
+fi
+train_and_validate "$SHOT_DIR" "$METHOD" "$IMAGE_DATASET_CFG" "${SHOT_OPTS[@]}"
 ensemble_on_val_then_test "$SHOT_DIR" "$OUTPUT/$DATASET/${METHOD}+TaIDPT/k$K/seed$SEED"
