@@ -80,3 +80,13 @@ ensemble_on_val_then_test() {
   say "rate chosen on val: $rate"
   "$PY" -m taidpt.cli ensemble "$TAIDPT_DIR" "$other" --split test --rate "$rate" --output-dir "$out"
 }
+
+# zeroshot_run DATASET SEED: zero-shot CLIP on the test split, the table's reference point.
+zeroshot_run() {
+  local dir="$OUTPUT/$1/ZeroshotCLIP/seed$2" cfg=()
+  if [ -f "$dir/results_test.json" ]; then return; fi
+  if [ -n "$CFG_SUFFIX" ]; then cfg=(--config-file "$CONFIGS/trainers/ZeroshotCLIP/rn50.yaml"); fi
+  say "zero-shot CLIP -> $dir"
+  "$PY" "$TAIDPT_ROOT/train.py" --trainer ZeroshotCLIP --dataset-config-file "$IMAGE_DATASET_CFG" \
+    "${cfg[@]}" "${COMMON[@]}" --eval-only --output-dir "$dir" "${COMMON_OPTS[@]}"
+}
