@@ -2,13 +2,16 @@
 
 Every registered trainer and dataset adds its own node through ``extend_cfg``. Unknown keys are
 errors that name the key and where it came from. The reference implementation's names
-(``TRAINER.Caption.*`` and its ``TRAIN.*`` switches) are accepted as aliases of the node of the
-trainer being configured (see :func:`reference_key_aliases`).
+(``TRAINER.Caption.*``, its ``TRAIN.*`` / ``INPUT.*`` / ``TEST.*`` additions and its dataset
+names) are accepted for the trainer being configured: each is translated to our keys or, where it
+has no effect here, logged once as ignored (see :func:`reference_key_aliases`).
 """
 from __future__ import annotations
 
 import ast
-from typing import Any, Dict, List, Optional, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -18,25 +21,27 @@ import taidpt.trainers  # noqa: F401 - registers the trainers
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 
-# Reference (authors' code) keys that mean the same for every trainer -> our key.
-GENERAL_KEY_ALIASES: Dict[str, str] = {
-    "DATASET.partial_prob": "DATASET.PARTIAL_PROB",
-}
-# The trainer whose reference keys apply when no trainer is named (the reference's main method).
-DEFAULT_REFERENCE_TRAINER = "TaIDPT"
+logger = logging.getLogger(__name__)
 
 
-def reference_key_aliases(trainer_name: str = "") -> Dict[str, str]:
-    """Reference key -> our key for ``trainer_name`` (aliases accepted): the general aliases plus
-    the trainer's own ``reference_key_aliases`` (``TRAINER.Caption.*`` is read into
-    ``TRAINER.TAIDPT`` for TaI-DPT and into ``TRAINER.DUALCOOP`` for ``Caption_dual``). An empty or
-    unknown name, or a trainer without reference keys of its own (``ZeroshotCLIP_dense`` reads the
-    same files), uses those of :data:`DEFAULT_REFERENCE_TRAINER`."""
-    own = {}
-    if trainer_name in TRAINER_REGISTRY:
-        own = getattr(TRAINER_REGISTRY.get(trainer_name), "reference_key_aliases", {})
-    own = own or TRAINER_REGISTRY.get(DEFAULT_REFERENCE_TRAINER).reference_key_aliases
-    return {**GENERAL_KEY_ALIASES, **own}
+@dataclass(frozen=True)
+class Ignored:
+    """A reference key that has no effect here: accepted, and logged once with ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A reference key whose value becomes our settings: ``convert(value, seen)`` -> a list of
+    (our key, value) pairs, where ``seen`` holds every translated reference value given so far
+    (this one included). An empty list means no effect here: logged once with ``reason``."""
+
+    convert: Callable[[Any, Dict[str, Any]], List[Tuple[str, Any]]]
+    reason: str = ""
+
+
+Alias = Union[str, Ignored, Translated]
 
 
 class ConfigError(KeyError):
@@ -44,6 +49,145 @@ class ConfigError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def _decode(value: Any) -> Any:
+    """A command-line string as the Python value it spells (``"True"``, ``"[1, 2]"``); else as is."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
+REFERENCE_TEST_TRANSFORMS = ("resize", "center_crop", "normalize")  # the reference's INPUT.TRANSFORMS_TEST names
+
+
+def _test_resize(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """``INPUT.TRANSFORMS_TEST`` -> ``INPUT.TEST_RESIZE``: ``crop`` with ``center_crop`` (shorter
+    side + center crop, TaI-DPT), else ``square`` (resize to ``INPUT.SIZE``, ``Caption_dual``)."""
+    names = [value] if isinstance(value, str) else list(value)
+    unknown = [name for name in names if name not in REFERENCE_TEST_TRANSFORMS]
+    if unknown:
+        raise ConfigError(f"INPUT.TRANSFORMS_TEST (reference key) has unknown names {unknown}: use "
+                          f"{', '.join(REFERENCE_TEST_TRANSFORMS)}, or our INPUT.TEST_RESIZE (crop / square).")
+    return [("INPUT.TEST_RESIZE", "crop" if "center_crop" in names else "square")]
+
+
+def _caption_ablation(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """The reference's caption-count ablation (Figure 7): ``TRAIN.IF_ablation True`` with
+    ``TRAIN.Caption_num N`` -> ``DATASET.CAPTIONS.MAX_CAPTIONS N`` (a random subset of N captions)."""
+    number = int(seen.get("TRAIN.Caption_num", 0))
+    if seen.get("TRAIN.IF_ablation") and number > 0:
+        return [("DATASET.CAPTIONS.MAX_CAPTIONS", number)]
+    return []
+
+
+_COCO_CAPTIONS = [("DATASET.CAPTIONS.SOURCE", "coco"),
+                  ("DATASET.CAPTIONS.PATH", "COCO/annotations/captions_train2017.json"),
+                  ("DATASET.CAPTIONS.PER_IMAGE", 1)]
+# The reference's dataset names -> the settings of our dataset configs that do the same
+# (configs/datasets/*_caption.yaml and *_partial.yaml, less DATASET.PARTIAL_PROB).
+REFERENCE_DATASETS: Dict[str, List[Tuple[str, Any]]] = {
+    "VOC2007_distill": [("DATASET.DIFFICULT", "negative")] + _COCO_CAPTIONS,
+    "COCO2014_distill": _COCO_CAPTIONS,
+    "nuswide_distill_limit": [
+        ("DATASET.CAPTIONS.SOURCE", "openimages"),
+        ("DATASET.CAPTIONS.PATH", "OpenImages/open_images_train_v6_captions.jsonl"),
+        ("DATASET.CAPTIONS.LIMIT_PER_CLASS", 1000)],
+    "VOC2007_partial": [("DATASET.DIFFICULT", "negative"), ("DATASET.VAL_STRIDE", -1),
+                        ("DATASET.CAPTIONS.SOURCE", "")],
+    "COCO2014_partial": [("DATASET.VAL_STRIDE", 20), ("DATASET.CAPTIONS.SOURCE", "")],
+    "nuswide_partial": [("DATASET.VAL_STRIDE", 60), ("DATASET.CAPTIONS.SOURCE", "")],
+}
+
+
+def _reference_dataset(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """``DATASET.NAME``, preceded by what a reference dataset name implies (its caption corpus,
+    difficult labels, val stride): the reference's datasets hard-code them."""
+    return REFERENCE_DATASETS.get(str(value), []) + [("DATASET.NAME", value)]
+
+
+# Reference (authors' code) keys that mean the same for every trainer -> our key or handling.
+GENERAL_KEY_ALIASES: Dict[str, Alias] = {
+    "DATASET.partial_prob": "DATASET.PARTIAL_PROB",
+    "DATASET.NAME": Translated(_reference_dataset),
+    "INPUT.random_resized_crop_scale": "INPUT.RRCROP_SCALE",
+    "INPUT.cutout_proportion": "INPUT.CUTOUT_FACTOR",
+    "INPUT.TRANSFORMS_TEST": Translated(_test_resize),
+    "TRAIN.IF_ablation": Translated(_caption_ablation, "the caption-count ablation is off (it is "
+                                    "DATASET.CAPTIONS.MAX_CAPTIONS here)"),
+    "TRAIN.Caption_num": Translated(_caption_ablation, "used only with TRAIN.IF_ablation True "
+                                    "(it is DATASET.CAPTIONS.MAX_CAPTIONS here)"),
+    "TEST.EVALUATOR_ACT": Ignored("mAP ranks each head's raw scores here (SPEC 3); no activation "
+                                  "is applied"),
+    "TEST.SAVE_PREDS": Ignored("every evaluation writes OUTPUT_DIR/predictions_<split>.npz"),
+}
+# The trainer whose reference keys apply when no trainer is named (the reference's main method).
+DEFAULT_REFERENCE_TRAINER = "TaIDPT"
+
+
+def reference_key_aliases(trainer_name: str = "") -> Dict[str, Alias]:
+    """Reference key -> our key (or :class:`Translated` / :class:`Ignored`) for ``trainer_name``
+    (aliases accepted): the general aliases plus the trainer's own ``reference_key_aliases``
+    (``TRAINER.Caption.*`` is read into ``TRAINER.TAIDPT`` for TaI-DPT and into
+    ``TRAINER.DUALCOOP`` for ``Caption_dual``); a key another trainer reads and this one does not
+    is ignored. An empty or unknown name, or a trainer without reference keys of its own
+    (``ZeroshotCLIP_dense`` reads the same files), uses those of :data:`DEFAULT_REFERENCE_TRAINER`."""
+    own = {}
+    if trainer_name in TRAINER_REGISTRY:
+        own = getattr(TRAINER_REGISTRY.get(trainer_name), "reference_key_aliases", {})
+    own = own or TRAINER_REGISTRY.get(DEFAULT_REFERENCE_TRAINER).reference_key_aliases
+    readers: Dict[str, List[str]] = {}
+    for name in TRAINER_REGISTRY.registered_names():
+        for key in getattr(TRAINER_REGISTRY.get(name), "reference_key_aliases", {}):
+            readers.setdefault(key, []).append(name)
+    others = {key: Ignored(f"trainer {trainer_name or DEFAULT_REFERENCE_TRAINER} has no such "
+                           f"setting (read by {', '.join(names)})")
+              for key, names in readers.items() if key not in own}
+    return {**others, **GENERAL_KEY_ALIASES, **own}
+
+
+class ReferenceKeys:
+    """Translates the reference's keys of one config assembly (all its sources, in merge order);
+    :meth:`log_ignored` then logs each key that had no effect once."""
+
+    def __init__(self, aliases: Dict[str, Alias]) -> None:
+        self.aliases = aliases
+        self.seen: Dict[str, Any] = {}
+        self.ignored: Dict[str, str] = {}
+
+    def translate(self, pairs: Sequence[Tuple[str, Any]]) -> List[Any]:
+        """(key, value) pairs of one source -> a flat KEY VALUE list in our keys: the translated
+        reference keys first, then our own keys (which win within the source)."""
+        for key, value in pairs:
+            if isinstance(self.aliases.get(key), Translated):
+                self.seen[key] = _decode(value)
+        translated: List[Any] = []
+        own: List[Any] = []
+        for key, value in pairs:
+            alias = self.aliases.get(key)
+            if alias is None:
+                own += [key, value]
+            elif isinstance(alias, str):
+                translated += [alias, value]
+            elif isinstance(alias, Ignored):
+                self.ignored[key] = alias.reason
+            else:
+                for ours, converted in alias.convert(self.seen[key], self.seen):
+                    translated += [ours, converted]
+        return translated + own
+
+    def log_ignored(self) -> None:
+        """One log line per reference key without effect (translated keys judged on their final
+        values, e.g. ``TRAIN.Caption_num`` given in a file and ``TRAIN.IF_ablation`` in the opts)."""
+        for key, value in self.seen.items():
+            alias = self.aliases[key]
+            if not alias.convert(value, self.seen):
+                self.ignored[key] = alias.reason
+        for key, reason in self.ignored.items():
+            logger.warning("Reference config key %s is accepted and ignored: %s", key, reason)
 
 
 def get_cfg_default() -> CN:
@@ -109,24 +253,25 @@ def _read_yaml(path: str) -> Dict[str, Any]:
                                 "dataset and trainer configs).") from None
 
 
-def merge_from_file(cfg: CN, path: str, aliases: Optional[Dict[str, str]] = None) -> None:
-    """Merge a YAML file; reference key names are translated (``aliases``, default: those of
+def merge_from_file(cfg: CN, path: str, reference: Optional[ReferenceKeys] = None) -> None:
+    """Merge a YAML file; reference key names are translated (``reference``, default: the keys of
     :data:`DEFAULT_REFERENCE_TRAINER`); unknown keys name the file."""
-    aliases = reference_key_aliases() if aliases is None else aliases
-    pairs: List[Any] = []
-    for key, value in _read_yaml(path).items():
-        pairs += [aliases.get(key, key), value]
-    _merge_pairs(cfg, pairs, f"config file {path}")
+    own = reference is None
+    reference = reference or ReferenceKeys(reference_key_aliases())
+    _merge_pairs(cfg, reference.translate(list(_read_yaml(path).items())), f"config file {path}")
+    if own:
+        reference.log_ignored()
 
 
-def merge_from_opts(cfg: CN, opts: Sequence[str], aliases: Optional[Dict[str, str]] = None) -> None:
+def merge_from_opts(cfg: CN, opts: Sequence[str], reference: Optional[ReferenceKeys] = None) -> None:
     if len(opts) % 2:
         raise ConfigError(f"Command-line opts must be KEY VALUE pairs, got an odd list: {list(opts)}")
-    aliases = reference_key_aliases() if aliases is None else aliases
-    pairs = list(opts)
-    for i in range(0, len(pairs), 2):
-        pairs[i] = aliases.get(pairs[i], pairs[i])
+    own = reference is None
+    reference = reference or ReferenceKeys(reference_key_aliases())
+    pairs = reference.translate([(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)])
     _merge_pairs(cfg, pairs, "the command-line opts")
+    if own:
+        reference.log_ignored()
 
 
 def _trainer_name(files: Sequence[str], flags: Dict[str, Any], opts: Sequence[str]) -> str:
@@ -144,18 +289,20 @@ def setup_cfg(dataset_config_file: str = "", config_file: str = "", flags: Optio
               opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """defaults -> dataset YAML -> method YAML -> flags (non-empty values only) -> opts -> freeze.
 
-    Reference key names are translated for the trainer the config names (:func:`reference_key_aliases`).
+    Reference key names are translated for the trainer the config names (:func:`reference_key_aliases`);
+    each ignored one is logged once.
     """
     cfg = get_cfg_default()
     flags = flags or {}
     files = [path for path in (dataset_config_file, config_file) if path]
-    aliases = reference_key_aliases(_trainer_name(files, flags, opts))
+    reference = ReferenceKeys(reference_key_aliases(_trainer_name(files, flags, opts)))
     for path in files:
-        merge_from_file(cfg, path, aliases)
+        merge_from_file(cfg, path, reference)
     for key, value in flags.items():
         if value not in (None, "", [], ()):
             _merge_pairs(cfg, [key, value], "the command-line flags")
-    merge_from_opts(cfg, opts, aliases)
+    merge_from_opts(cfg, opts, reference)
+    reference.log_ignored()
     if freeze:
         cfg.freeze()
     return cfg
