@@ -134,22 +134,43 @@ class TrainerBase:
                 raise FileNotFoundError(
                     f"No checkpoint at {path}. --model-dir must be the OUTPUT_DIR of a training run "
                     f"(holding {name}/model.pth.tar-<epoch>); pass --load-epoch to pick an epoch.")
-            checkpoint = load_checkpoint(path)
-            state = {k: v for k, v in checkpoint["state_dict"].items()
-                     if k not in self.ignored_checkpoint_keys}
-            own = self._models[name].state_dict()
-            for key, value in state.items():
-                if key in own and own[key].shape != value.shape:
-                    raise ValueError(
-                        f"Checkpoint {path} has {key} of shape {tuple(value.shape)} but the model "
-                        f"expects {tuple(own[key].shape)}: the checkpoint was trained with another "
-                        "context size / class-specific setting (N_CTX, CSC) or class count.")
-            missing, unexpected = self._models[name].load_state_dict(state, strict=False)
-            missing = [k for k in missing if k not in self.ignored_checkpoint_keys]
-            if missing or unexpected:
-                raise KeyError(f"Checkpoint {path} does not match model {name!r}: missing {missing}, "
-                               f"unexpected {unexpected}")
-            logger.info("Loaded %s from %s (epoch %s)", name, path, checkpoint.get("epoch"))
+            self._load_state(name, path, "Checkpoint")
+
+    def init_weights(self, path: str) -> None:
+        """``MODEL.INIT_WEIGHTS``: initialise the trained model (the first registered one with an
+        optimiser: ``prompt_learner`` for the prompt trainers, as CoOp does) from a checkpoint file
+        of the same trainer and class count, before training (``RESUME`` still wins)."""
+        trained = [name for name in self.get_model_names() if self._optims[name] is not None]
+        if not trained:
+            raise ValueError(f"MODEL.INIT_WEIGHTS is {path!r} but trainer {type(self).__name__} "
+                             "trains no model to initialise: unset MODEL.INIT_WEIGHTS.")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"MODEL.INIT_WEIGHTS: no file at {path}; give a checkpoint file of a training run, "
+                f"e.g. OUTPUT_DIR/{trained[0]}/model.pth.tar-<epoch> or model-best.pth.tar.")
+        self._load_state(trained[0], path, "MODEL.INIT_WEIGHTS checkpoint")
+
+    def _load_state(self, name: str, path: str, what: str) -> None:
+        """Load model ``name`` from the checkpoint file ``path`` (strict, bar the ignored keys)."""
+        checkpoint = load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(f"{what} {path} is not a trainer checkpoint (a dict with a "
+                             "'state_dict'): give a model.pth.tar-<epoch> or model-best.pth.tar file.")
+        state = {k: v for k, v in checkpoint["state_dict"].items()
+                 if k not in self.ignored_checkpoint_keys}
+        own = self._models[name].state_dict()
+        for key, value in state.items():
+            if key in own and own[key].shape != value.shape:
+                raise ValueError(
+                    f"{what} {path} has {key} of shape {tuple(value.shape)} but the model "
+                    f"expects {tuple(own[key].shape)}: the checkpoint was trained with another "
+                    "context size / class-specific setting (N_CTX, CSC) or class count.")
+        missing, unexpected = self._models[name].load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in self.ignored_checkpoint_keys]
+        if missing or unexpected:
+            raise KeyError(f"{what} {path} does not match model {name!r}: missing {missing}, "
+                           f"unexpected {unexpected}")
+        logger.info("Loaded %s from %s (epoch %s)", name, path, checkpoint.get("epoch"))
 
     # --- TensorBoard ----------------------------------------------------------------------
     def init_writer(self, log_dir: str) -> None:
@@ -214,6 +235,8 @@ class SimpleTrainer(TrainerBase):
         self.best_result = -float("inf")
         self.build_data_loader()
         self.build_model()
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.init_weights(cfg.MODEL.INIT_WEIGHTS)
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, merge_rate=self.merge_rate(),
                                          headline=self.headline())
 
