@@ -1,13 +1,16 @@
 """MLClassification: the three output forms, headline, mAP per head, saved predictions."""
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from taidpt.config import get_cfg_default
+from taidpt.engine.calibration import f1_thresholds, minmax
 from taidpt.engine.evaluator import MLClassification, build_evaluator, relative_image_id
-from taidpt.metrics import mean_average_precision
+from taidpt.metrics import average_precision_per_class, mean_average_precision
 
 
 def _cfg(tmp_path, **extra):
@@ -96,11 +99,16 @@ def test_predictions_file_holds_every_head_and_is_atomic(tmp_path):
     ev.process((glob, loc), labels)
     ids = [f"img/{i}.png" for i in range(30)]
     path = tmp_path / "predictions_val.npz"
-    ev.save_predictions(str(path), ids, trainer="TaIDPT", dataset="Toy", split="val", epoch=3)
+    paths = [f"/data/img/{i}.png" for i in range(30)]
+    ev.save_predictions(str(path), ids, image_paths=paths, trainer="TaIDPT", dataset="Toy", split="val",
+                        epoch=3)
     saved = np.load(path)
-    assert sorted(saved.files) == sorted(["image_ids", "classnames", "targets", "headline", "scores_global",
-                                          "scores_local", "scores_merged", "trainer", "dataset", "split",
-                                          "epoch"])
+    heads = ("global", "local", "merged")
+    assert sorted(saved.files) == sorted(["image_ids", "image_paths", "classnames", "targets", "headline",
+                                          "trainer", "dataset", "split", "epoch",
+                                          *(f"{kind}_{h}" for kind in ("scores", "range", "thresholds")
+                                            for h in heads)])
+    assert list(saved["image_paths"]) == paths
     assert saved["scores_global"].dtype == np.float32 and saved["targets"].dtype == np.float32
     assert np.array_equal(saved["scores_global"], glob.numpy())
     assert np.array_equal(saved["scores_local"], loc.numpy())
@@ -112,6 +120,8 @@ def test_predictions_file_holds_every_head_and_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == ["predictions_val.npz"]  # no temp file left behind
     with pytest.raises(ValueError, match="2 image ids for 30"):
         ev.save_predictions(str(tmp_path / "other.npz"), ids[:2])
+    with pytest.raises(ValueError, match="2 image paths for 30"):
+        ev.save_predictions(str(tmp_path / "other.npz"), ids, image_paths=paths[:2])
     assert os.listdir(tmp_path) == ["predictions_val.npz"]
 
 
@@ -132,3 +142,36 @@ def test_image_ids_relative_to_root_then_dataset_dir(tmp_path):
     assert relative_image_id("/elsewhere/x.png", str(root), str(cache)) == "/elsewhere/x.png"
     assert relative_image_id(str(tmp_path / "database" / "x.png"), str(tmp_path / "data")) == \
         str(tmp_path / "database" / "x.png")  # a sibling with a common prefix is not "under" root
+
+
+def test_predictions_carry_the_calibration_of_every_head(tmp_path):
+    """``range_<head>`` = (min, max) of the head's scores, ``thresholds_<head>`` = per-class
+    F1-maximising thresholds on the min-max scores (what ``taidpt tag`` reads)."""
+    glob, loc, labels = _data(5)
+    labels[4, 2] = 0.0
+    ev = MLClassification(_cfg(tmp_path, **{"DATASET.DIFFICULT": "ignore"}), merge_rate=0.5)
+    ev.process((glob, loc), labels)
+    ev.save_predictions(str(tmp_path / "p.npz"), [str(i) for i in range(30)])
+    saved = np.load(tmp_path / "p.npz")
+    for head in ("global", "local", "merged"):
+        scores = saved[f"scores_{head}"]
+        lo, hi = saved[f"range_{head}"]
+        assert (lo, hi) == (scores.min(), scores.max())
+        assert np.array_equal(saved[f"thresholds_{head}"],
+                              f1_thresholds(minmax(scores, lo, hi), labels.numpy(), "ignore"))
+    assert not np.array_equal(saved["thresholds_global"], saved["thresholds_local"])
+
+
+def test_per_class_ap_is_logged_when_asked(tmp_path, caplog, monkeypatch):
+    glob, _, labels = _data(6, c=3)
+    monkeypatch.setattr(logging.getLogger("taidpt"), "propagate", True)  # setup_logger turns it off
+    for flag in (False, True):
+        caplog.clear()
+        ev = MLClassification(_cfg(tmp_path, **{"TEST.PER_CLASS_RESULT": flag}),
+                              lab2cname={0: "cat", 1: "dog", 2: "car"})
+        ev.process({"logits_a": glob, "b": -glob}, labels)
+        with caplog.at_level(logging.INFO, logger="taidpt.engine.evaluator"):
+            ev.evaluate()
+        assert ("AP per class (logits_a)" in caplog.text) == flag
+    ap = [float(v) for v in re.findall(r"\* (?:cat|dog|car): ([\d.]+)%", caplog.text)]
+    assert ap == pytest.approx(average_precision_per_class(glob.numpy(), labels.numpy()), abs=0.01)

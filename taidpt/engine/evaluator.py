@@ -14,6 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from taidpt.engine.calibration import f1_thresholds, minmax, score_range
 from taidpt.engine.registry import EVALUATOR_REGISTRY
 from taidpt.io import atomic_write
 from taidpt.metrics import average_precision_per_class, mean_average_precision
@@ -128,13 +129,30 @@ class MLClassification:
                 f"* {self.lab2cname.get(i, str(i))}: {v:.2f}%" for i, v in enumerate(ap)))
         return results
 
-    def save_predictions(self, path: str, image_ids: Sequence[str], **meta) -> None:
-        """Write ``path`` (npz) atomically: ``image_ids`` (N), ``classnames`` (C), ``targets``
-        (N x C), ``scores_<head>`` (N x C) per head, ``headline`` and the ``meta`` strings /
-        numbers (``trainer``, ``dataset``, ``split``, ``epoch``)."""
+    def calibration(self) -> "OrderedDict[str, Tuple[Tuple[float, float], np.ndarray]]":
+        """Head name -> ``((lo, hi), thresholds C)``: the min and max of the head's ``N x C`` scores
+        and per-class F1-maximising thresholds on ``minmax(scores, lo, hi)``
+        (:mod:`taidpt.engine.calibration`; what ``taidpt tag --threshold calibrated`` reads from
+        the val split's predictions)."""
+        labels = self.targets()
+        result: "OrderedDict[str, Tuple[Tuple[float, float], np.ndarray]]" = OrderedDict()
+        for name, scores in self.score_matrices().items():
+            lo, hi = score_range(scores)
+            result[name] = ((lo, hi), f1_thresholds(minmax(scores, lo, hi), labels, self.difficult))
+        return result
+
+    def save_predictions(self, path: str, image_ids: Sequence[str],
+                         image_paths: Optional[Sequence[str]] = None, **meta) -> None:
+        """Write ``path`` (npz) atomically: ``image_ids`` (N), ``image_paths`` (N, when given: the
+        files as read), ``classnames`` (C), ``targets`` (N x C), per head ``scores_<head>``
+        (N x C), ``range_<head>`` (2: min, max) and ``thresholds_<head>`` (C, see
+        :meth:`calibration`), ``headline`` and the ``meta`` strings / numbers (``trainer``,
+        ``dataset``, ``split``, ``epoch``)."""
         labels = self.targets()
         if len(image_ids) != labels.shape[0]:
             raise ValueError(f"{len(image_ids)} image ids for {labels.shape[0]} evaluated images")
+        if image_paths is not None and len(image_paths) != labels.shape[0]:
+            raise ValueError(f"{len(image_paths)} image paths for {labels.shape[0]} evaluated images")
         mats = self.score_matrices()
         arrays = {"image_ids": np.array(list(image_ids), dtype=str),
                   "classnames": np.array([self.lab2cname.get(i, str(i)) for i in range(labels.shape[1])],
@@ -142,6 +160,11 @@ class MLClassification:
                   "targets": labels, "headline": np.array(self.headline_name(list(mats))),
                   **{f"scores_{name}": scores for name, scores in mats.items()},
                   **{key: np.array(value) for key, value in meta.items()}}
+        if image_paths is not None:
+            arrays["image_paths"] = np.array(list(image_paths), dtype=str)
+        for name, (bounds, thresholds) in self.calibration().items():
+            arrays[f"range_{name}"] = np.array(bounds, dtype=np.float64)
+            arrays[f"thresholds_{name}"] = thresholds
         atomic_write(path, lambda f: np.savez(f, **arrays))
         logger.info("Predictions saved to %s", path)
 

@@ -370,7 +370,9 @@ class SimpleTrainer(TrainerBase):
     def report_results(self, split: str, image_ids: Sequence[str]) -> Dict[str, float]:
         """Evaluate what the evaluator collected for ``image_ids`` (N, in order); write the mAPs to
         TensorBoard and ``OUTPUT_DIR/results_<split>.json`` (what the table scripts read) and
-        every head's scores to ``OUTPUT_DIR/predictions_<split>.npz`` (what ensembles read)."""
+        every head's scores to ``OUTPUT_DIR/predictions_<split>.npz`` (what ensembles read), with
+        each image's absolute path (``image_paths``, from the split's items) and the calibration
+        that ``taidpt tag`` reads."""
         results = self.evaluator.evaluate()
         for key, value in results.items():
             self.write_scalar(f"{split}/{key}", value, self.epoch)
@@ -378,6 +380,9 @@ class SimpleTrainer(TrainerBase):
                 "dataset": self.cfg.DATASET.NAME}
         atomic_write(os.path.join(self.output_dir, f"results_{split}.json"),
                      lambda f: f.write(json.dumps({**meta, "results": dict(results)}, indent=2).encode()))
+        items = self.split_items(split)
+        paths = dict(zip(self.image_ids(items), (os.path.abspath(item.impath) for item in items)))
         self.evaluator.save_predictions(os.path.join(self.output_dir, f"predictions_{split}.npz"),
-                                        image_ids, **meta)
+                                        image_ids, image_paths=[paths.get(i, i) for i in image_ids],
+                                        **meta)
         return results
