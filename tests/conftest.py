@@ -26,3 +26,28 @@ def tiny_clip_file(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s (still run in CI)")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+UPSTREAM_ARCHIVES = {"coop": "CoOp-ff61507.tar.gz", "dassl": "Dassl.pytorch-c61a1b5.tar.gz"}
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    """``{"coop": dir, "dassl": dir}``: the pristine CoOp and Dassl.pytorch archives of
+    ``../shared/upstream/`` (or ``$TAIDPT_UPSTREAM_DIR``) extracted once per session, unmodified.
+    Skips when the archives are not there."""
+    import tarfile
+
+    source = os.environ.get("TAIDPT_UPSTREAM_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "upstream")
+    paths = {name: os.path.join(source, archive) for name, archive in UPSTREAM_ARCHIVES.items()}
+    missing = [path for path in paths.values() if not os.path.isfile(path)]
+    if missing:
+        pytest.skip(f"upstream archives not found: {', '.join(missing)} (set TAIDPT_UPSTREAM_DIR)")
+    base = tmp_path_factory.mktemp("upstream")
+    trees = {}
+    for name, path in paths.items():
+        with tarfile.open(path) as archive:
+            archive.extractall(base / name, filter="data")
+        trees[name] = str(base / name)
+    return trees

@@ -1,6 +1,13 @@
 """Feature extractors on a CLIP model: dense image features and per-token text features.
 
 Shapes: B batch, D joint width, W token width, L tokens, HW spatial positions.
+
+The functions read CLIP's modules by the names every CLIP copy shares, so they work on models
+built by the ``openai-clip`` wheel, by CoOp's bundled ``clip/`` (which shadows the wheel inside a
+CoOp checkout) and by the TaI-DPT reference's bundled copy: a ResNet is recognised by its
+``attnpool`` (not by the class of whichever ``clip`` was imported), and its stem activations are
+``relu1``..``relu3`` (the wheel) or one shared ``relu`` (the older copies). Inputs are cast to
+the weights' dtype (fp16 copies).
 """
 from __future__ import annotations
 
@@ -9,11 +16,19 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from taidpt.clip._openai import CLIP, ModifiedResNet
+from taidpt.clip._openai import CLIP
 
 
 def is_resnet(model: CLIP) -> bool:
-    return isinstance(model.visual, ModifiedResNet)
+    """True for CLIP's ModifiedResNet image tower (any copy), False for its VisionTransformer."""
+    return hasattr(model.visual, "attnpool")
+
+
+def _stem_activations(visual: torch.nn.Module) -> Tuple[torch.nn.Module, ...]:
+    """The three stem ReLUs: ``relu1..relu3`` (openai-clip wheel) or one ``relu`` (older copies)."""
+    if hasattr(visual, "relu1"):
+        return visual.relu1, visual.relu2, visual.relu3
+    return (visual.relu,) * 3
 
 
 def _resize_grid(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -30,9 +45,8 @@ def image_feature_map(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     """ResNet stem + layer1..4: ``B x 3 x H x W`` -> ``B x C_v x H/32 x W/32``."""
     v = model.visual
     x = images.type(v.conv1.weight.dtype)
-    x = v.relu1(v.bn1(v.conv1(x)))
-    x = v.relu2(v.bn2(v.conv2(x)))
-    x = v.relu3(v.bn3(v.conv3(x)))
+    for conv, bn, relu in zip((v.conv1, v.conv2, v.conv3), (v.bn1, v.bn2, v.bn3), _stem_activations(v)):
+        x = relu(bn(conv(x)))
     x = v.avgpool(x)
     return v.layer4(v.layer3(v.layer2(v.layer1(x))))
 

@@ -24,7 +24,20 @@ from taidpt.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-CLIP_MODEL_URLS: Dict[str, str] = dict(_openai_clip._MODELS)
+_URL = "https://openaipublic.azureedge.net/clip/models"
+# openai-clip 1.0's table (CoOp's older copy lacks the last three models); the SHA256 is the
+# second-to-last path part.
+CLIP_MODEL_URLS: Dict[str, str] = {
+    "RN50": f"{_URL}/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    "RN101": f"{_URL}/8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
+    "RN50x4": f"{_URL}/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
+    "RN50x16": f"{_URL}/52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
+    "RN50x64": f"{_URL}/be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
+    "ViT-B/32": f"{_URL}/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": f"{_URL}/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": f"{_URL}/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": f"{_URL}/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
 
 
 @dataclass(frozen=True)
@@ -211,5 +224,14 @@ def to_fp16(model: CLIP) -> CLIP:
 
 
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torch.Tensor:
-    """CLIP BPE tokens, ``N x context_length`` long; long texts are cut, keeping the EOS token."""
-    return _openai_clip.tokenize(texts, context_length=context_length, truncate=True)
+    """CLIP BPE tokens ``N x context_length`` (int32, zero-padded), as openai-clip's
+    ``tokenize(..., truncate=True)`` on current torch, whichever CLIP copy is imported (CoOp's
+    returns int64): long texts are cut, keeping the EOS token."""
+    bpe = _openai_clip._tokenizer
+    sot, eot = bpe.encoder["<|startoftext|>"], bpe.encoder["<|endoftext|>"]
+    texts = [texts] if isinstance(texts, str) else texts
+    result = torch.zeros(len(texts), context_length, dtype=torch.int)
+    for i, text in enumerate(texts):
+        tokens = [sot] + bpe.encode(text)[:context_length - 2] + [eot]
+        result[i, :len(tokens)] = torch.tensor(tokens)
+    return result

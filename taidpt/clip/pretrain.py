@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from clip.model import CLIP
 from tqdm import tqdm
+
+from taidpt.clip._openai import CLIP
 
 logger = logging.getLogger(__name__)
 
