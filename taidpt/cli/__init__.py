@@ -1,6 +1,6 @@
 """The ``taidpt`` command: ``train`` (= train.py), ``prepare`` (caption caches), ``synthetic``
 (the embedded synthetic world and its tiny CLIP), ``ensemble`` (two runs' saved predictions
-combined) and ``list`` (registered names).
+combined), ``tag`` (label image files with a trained run) and ``list`` (registered names).
 
 One module per subcommand (``taidpt/cli/<name>.py``, each with ``add_parser(subparsers)`` and
 ``run(args)``); ``train`` keeps train.py's own parser (``taidpt.cli.train``).
@@ -28,7 +28,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taidpt.cli import ensemble, prepare, synthetic
+    from taidpt.cli import ensemble, prepare, synthetic, tag
 
     parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_parser(sub)
     synthetic.add_parser(sub)
     ensemble.add_parser(sub)
+    tag.add_parser(sub)
     sub.add_parser("list", help="list registered trainers, datasets and evaluators").set_defaults(func=_run_list)
     return parser
 
