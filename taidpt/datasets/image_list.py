@@ -6,7 +6,8 @@ followed by caption synonyms after ``|``::
     person|people|man|woman
     dog|puppy
 
-The first name is the class name used in prompts and in the lists. ``DATASET.TEST_LIST`` (needed),
+The first name is the class name used in prompts and in the lists. ``DATASET.TEST_LIST`` (needed
+unless ``TEST.NO_TEST`` is True: prompts trained on captions need no labelled image),
 ``TRAIN_LIST`` and ``VAL_LIST`` (optional; ``val`` defaults to the test list) are CSV/TXT files
 with one ``image_path,label|label|...`` line per image (path relative to ``DATASET.ROOT`` or
 absolute; an empty label field means no positive). Listed labels are 1, all others -1. Blank
@@ -83,16 +84,17 @@ class MultiLabelImageList(DatasetBase):
 
     def __init__(self, cfg) -> None:
         root = LAYOUT.root(cfg)
-        for key in ("CLASSNAMES_FILE", "TEST_LIST"):
+        for key in ("CLASSNAMES_FILE",) + (() if cfg.TEST.NO_TEST else ("TEST_LIST",)):
             if not cfg.DATASET[key]:
                 raise ValueError(f"MultiLabelImageList needs DATASET.{key} (a path relative to "
-                                 f"DATASET.ROOT={root}); the format is described in DATA.md.")
+                                 f"DATASET.ROOT={root}; TEST.NO_TEST True trains without a test "
+                                 "list); the format is described in DATA.md.")
         synonyms = read_classnames(root, cfg.DATASET.CLASSNAMES_FILE)
         classnames = [entries[0] for entries in synonyms]
         lists = {key: read_list(root, cfg.DATASET[key], classnames) if cfg.DATASET[key] else None
                  for key in ("TEST_LIST", "TRAIN_LIST", "VAL_LIST")}
         train = finalize_train_split(cfg, "MultiLabelImageList", lists["TRAIN_LIST"] or [],
                                      classnames=classnames)
-        val = lists["VAL_LIST"] or val_split(cfg, lists["TEST_LIST"], lists["TEST_LIST"])
-        super().__init__(classnames, test=lists["TEST_LIST"], train_x=train, val=val,
-                         synonyms=synonyms)
+        test = lists["TEST_LIST"] or []
+        val = lists["VAL_LIST"] or val_split(cfg, test, test)
+        super().__init__(classnames, test=test, train_x=train, val=val, synonyms=synonyms)

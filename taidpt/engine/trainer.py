@@ -355,6 +355,11 @@ class SimpleTrainer(TrainerBase):
         """Evaluate on ``split`` (default ``TEST.SPLIT``): ``val`` or ``test``; see
         :meth:`report_results` for what is written."""
         split = self.check_split(split or self.cfg.TEST.SPLIT)
+        items = self.split_items(split)
+        if not items:
+            raise ValueError(f"Nothing to evaluate: dataset {self.cfg.DATASET.NAME} has no {split} "
+                             "images (TEST.NO_TEST True trains without them); give it a labelled "
+                             f"{split} split (MultiLabelImageList: DATASET.TEST_LIST / VAL_LIST).")
         self.set_model_mode("eval")
         self.evaluator.reset()
         loader = self.val_loader if split == "val" else self.test_loader
@@ -364,7 +369,6 @@ class SimpleTrainer(TrainerBase):
             inputs, labels = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(inputs), labels)
             indices += [int(i) for i in batch["index"]]
-        items = self.split_items(split)
         return self.report_results(split, self.image_ids([items[i] for i in indices]))
 
     def report_results(self, split: str, image_ids: Sequence[str]) -> Dict[str, float]:
