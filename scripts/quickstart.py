@@ -30,6 +30,7 @@ from taidpt.config import setup_cfg  # noqa: E402
 from taidpt.datasets import build_dataset, label_matrix  # noqa: E402
 from taidpt.datasets.synthetic import WorldSpec, build_tiny_clip  # noqa: E402
 from taidpt.engine.utils import setup_logger  # noqa: E402
+from taidpt.extras import require  # noqa: E402
 
 DATASET_CFG = os.path.join(REPO, "configs", "datasets", "synthetic.yaml")
 TRAINER_CFG = {
@@ -110,7 +111,7 @@ def save_outputs(out: str, headers: List[str], table: List[List[object]],
         writer.writerows(table)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"per_seed": per_seed, "chance": chance}, f, indent=2)
-    import matplotlib
+    matplotlib = require("matplotlib", "The quickstart's figure (map.png)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -14,15 +14,18 @@ import contextlib
 import io
 import logging
 import os
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from taidpt.datasets._common import (COCO_CAPTIONS, Layout, LabelSet, load_label_set,
                                      wants_train_images)
 from taidpt.datasets.base import DATASET_REGISTRY, DatasetBase, ImageItem
 from taidpt.datasets.train_labels import finalize_train_split, val_split
+from taidpt.extras import require
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +43,11 @@ LAYOUT = Layout(
 
 def load_instances(path: str) -> COCO:
     """A pycocotools index of an instances file (its progress prints go to the log)."""
+    coco_api = require("pycocotools.coco", "COCO2014 (its instances annotations)")
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stdout(buffer):
-            coco = COCO(path)
+            coco = coco_api.COCO(path)
     except (ValueError, KeyError, TypeError, AssertionError) as err:
         raise ValueError(f"COCO2014: {path} is not a valid COCO instances JSON ({err}); "
                          f"re-download it from {LAYOUT.download}.") from None
