@@ -61,7 +61,8 @@ def _decode(value: Any) -> Any:
     return value
 
 
-REFERENCE_TEST_TRANSFORMS = ("resize", "center_crop", "normalize")  # the reference's INPUT.TRANSFORMS_TEST names
+# The names the reference's INPUT.TRANSFORMS_TEST takes.
+REFERENCE_TEST_TRANSFORMS = ("resize", "center_crop", "normalize")
 
 
 def _test_resize(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
@@ -70,15 +71,19 @@ def _test_resize(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
     names = [value] if isinstance(value, str) else list(value)
     unknown = [name for name in names if name not in REFERENCE_TEST_TRANSFORMS]
     if unknown:
-        raise ConfigError(f"INPUT.TRANSFORMS_TEST (reference key) has unknown names {unknown}: use "
-                          f"{', '.join(REFERENCE_TEST_TRANSFORMS)}, or our INPUT.TEST_RESIZE (crop / square).")
+        raise ConfigError(f"INPUT.TRANSFORMS_TEST (reference key) has unknown names {unknown}: "
+                          f"use {', '.join(REFERENCE_TEST_TRANSFORMS)}, or our INPUT.TEST_RESIZE "
+                          "(crop / square).")
     return [("INPUT.TEST_RESIZE", "crop" if "center_crop" in names else "square")]
 
 
 def _caption_ablation(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
     """The reference's caption-count ablation (Figure 7): ``TRAIN.IF_ablation True`` with
     ``TRAIN.Caption_num N`` -> ``DATASET.CAPTIONS.MAX_CAPTIONS N`` (a random subset of N captions)."""
-    number = int(seen.get("TRAIN.Caption_num", 0))
+    number = seen.get("TRAIN.Caption_num", 0)
+    if type(number) is not int:
+        raise ConfigError(f"TRAIN.Caption_num (reference key) must be a whole number of captions, "
+                          f"got {number!r}; or set our DATASET.CAPTIONS.MAX_CAPTIONS.")
     if seen.get("TRAIN.IF_ablation") and number > 0:
         return [("DATASET.CAPTIONS.MAX_CAPTIONS", number)]
     return []

@@ -118,13 +118,21 @@ TRAINER:
     GL_merge_rate: 0.5
 """
 
+def _distill(lr, spatial_image):
+    return DISTILL.format(lr=lr, spatial_image=spatial_image, mean_std=CLIP_MEAN_STD)
+
+
+def _dual(batch, test_batch, scale):
+    return DUAL.format(batch=batch, test_batch=test_batch, scale=scale, mean_std=CLIP_MEAN_STD)
+
+
 TRAINER_YAMLS = {
-    "Caption_distill_double/rn50_voc2007.yaml": DISTILL.format(lr="0.0001", spatial_image=40, mean_std=CLIP_MEAN_STD),
-    "Caption_distill_double/rn50_coco2014.yaml": DISTILL.format(lr="0.0001", spatial_image=40, mean_std=CLIP_MEAN_STD),
-    "Caption_distill_double/rn50_nuswide.yaml": DISTILL.format(lr="0.001", spatial_image=4, mean_std=CLIP_MEAN_STD),
-    "Caption_dual/rn101_voc2007.yaml": DUAL.format(batch=64, test_batch=100, scale="(0.5, 1.0)", mean_std=CLIP_MEAN_STD),
-    "Caption_dual/rn101_coco2014.yaml": DUAL.format(batch=64, test_batch=100, scale="(0.5, 1.0)", mean_std=CLIP_MEAN_STD),
-    "Caption_dual/rn101_nuswide.yaml": DUAL.format(batch=192, test_batch=192, scale="(0.6, 1.0)", mean_std=CLIP_MEAN_STD),
+    "Caption_distill_double/rn50_voc2007.yaml": _distill("0.0001", 40),
+    "Caption_distill_double/rn50_coco2014.yaml": _distill("0.0001", 40),
+    "Caption_distill_double/rn50_nuswide.yaml": _distill("0.001", 4),
+    "Caption_dual/rn101_voc2007.yaml": _dual(64, 100, "(0.5, 1.0)"),
+    "Caption_dual/rn101_coco2014.yaml": _dual(64, 100, "(0.5, 1.0)"),
+    "Caption_dual/rn101_nuswide.yaml": _dual(192, 192, "(0.6, 1.0)"),
 }
 DATASET_YAMLS = {
     "voc2007_distill.yaml": 'DATASET:\n  NAME: "VOC2007_distill"\n',
@@ -277,6 +285,8 @@ def test_unknown_keys_stay_errors(tmp_path):
         setup_cfg(opts=["TRAINER.Caption.N_CTXX", "4"])
     with pytest.raises(ConfigError, match=r"INPUT.TRANSFORMS_TEST .* unknown names \['ten_crop'\].*TEST_RESIZE"):
         setup_cfg(opts=["INPUT.TRANSFORMS_TEST", "['resize', 'ten_crop']"])
+    with pytest.raises(ConfigError, match="TRAIN.Caption_num .* whole number .*MAX_CAPTIONS"):
+        setup_cfg(opts=["TRAIN.IF_ablation", "True", "TRAIN.Caption_num", "many"])
 
 
 def test_user_supplied_reference_configs():
