@@ -106,7 +106,7 @@ def test_read_class_file(tmp_path):
         read_class_file(str(tmp_path / "missing.txt"))
 
 
-# --- end to end: a small trained TaI-DPT run ------------------------------------------------
+# --- end to end: a small trained TaI-DPT run (slow: 5-40 s to train on 2 busy cores) --------
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_clip_file):
     """A TaI-DPT run (1 epoch on captions, tiny CLIP) evaluated on test and on val (= the test
@@ -148,6 +148,7 @@ def _evaluated(run_dir, split):
     return {key: data[key] for key in data.files}
 
 
+@pytest.mark.slow
 def test_tag_scores_equal_the_evaluators(run, tmp_path, capsys):
     run_dir, folder = run
     test, val = _evaluated(run_dir, "test"), _evaluated(run_dir, "val")
@@ -178,6 +179,28 @@ def test_tag_scores_equal_the_evaluators(run, tmp_path, capsys):
     assert "Tagged 10 images with TaIDPT (merged head" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_tag_a_zero_shot_run_equals_its_evaluation(run, tmp_path, tiny_clip_file):
+    """Any trainer's run: ZeroshotCLIP (no checkpoint) through its global head."""
+    from taidpt.cli.train import main as train_main
+
+    run_dir, folder = run
+    out = tmp_path / "zeroshot"
+    args = ["--trainer", "ZeroshotCLIP", "--eval-only", "--root", str(run_dir.parent / "data"),
+            "--output-dir", str(out), "--dataset-config-file",
+            os.path.join(REPO, "configs/datasets/image_list.yaml"), "MODEL.BACKBONE.PATH", tiny_clip_file,
+            "INPUT.SIZE", "(64, 64)", "DATALOADER.NUM_WORKERS", "0"]
+    for split in ("test", "val"):
+        assert train_main(args + ["TEST.SPLIT", split]) == 0
+    test, val = _evaluated(out, "test"), _evaluated(out, "val")
+    assert taidpt_main(["tag", str(folder), "--model-dir", str(out), "--out", str(tmp_path / "zs.csv"),
+                        "--head", "global"]) == 0
+    _, rows = _read_csv(tmp_path / "zs.csv")
+    scores = np.array([[float(v) for v in r[2:]] for r in rows])
+    assert np.abs(scores - minmax(test["scores_global"], *val["range_global"])).max() < 1e-6
+
+
+@pytest.mark.slow
 def test_tag_topk_raw_scores_without_calibration_other_head_and_class_subset(run, tmp_path):
     run_dir, folder = run
     test = _evaluated(run_dir, "test")
@@ -195,6 +218,7 @@ def test_tag_topk_raw_scores_without_calibration_other_head_and_class_subset(run
     assert json.loads(out.with_suffix(".json").read_text())["score"] == "raw"
 
 
+@pytest.mark.slow
 def test_tag_skips_corrupt_files_and_draws_a_contact_sheet(run, tmp_path, capsys):
     run_dir, folder = run
     images = tmp_path / "mixed"
@@ -217,6 +241,7 @@ def test_tag_skips_corrupt_files_and_draws_a_contact_sheet(run, tmp_path, capsys
     assert sorted(os.listdir(tmp_path)) == sorted(["mixed", "mixed.csv", "mixed.json", "sheet.png"])
 
 
+@pytest.mark.slow
 def test_tag_errors_name_the_path_and_the_fix(run, tmp_path, capsys):
     run_dir, folder = run
 

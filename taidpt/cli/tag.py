@@ -4,26 +4,31 @@
     taidpt tag photos/ --model-dir RUN --threshold topk:3 --contact-sheet sheet.png
     taidpt tag photos/ --model-dir RUN --threshold 0.6 --classes wanted.txt
 
-The run is rebuilt as ``train.py --eval-only --model-dir RUN`` rebuilds it (from
-``RUN/config.yaml``, so the run's dataset and CLIP must be readable; ``--opts KEY VALUE ...``
-overrides the config, e.g. ``DATASET.ROOT``). Writes ``--out`` (CSV: path, labels, one score column
-per class) and the same rows as JSON beside it (``tags.json``). Scores are the head's raw scores
-min-max normalised with the min and max of that head on the run's val split (TaI-DPT: the merged
-head). ``--threshold calibrated`` (default) labels a class when its score reaches the class's
-F1-maximising threshold on val; a number thresholds the same min-max scores; ``topk:K`` labels
-each image's K best classes. Both calibration and min-max come from ``RUN/predictions_val.npz``
-(an evaluation on val writes it); ``topk:K`` works without it, on raw scores. Unreadable or
-corrupt images are skipped with a warning and listed.
+The run is rebuilt as ``train.py --eval-only --model-dir RUN`` rebuilds it, from
+``RUN/config.yaml`` and its checkpoints (a run without checkpoint folders, e.g. ZeroshotCLIP's, is
+tagged with the trainer's initial model, with a warning), so the run's dataset and CLIP must be
+readable; ``--opts KEY VALUE ...`` overrides the config (e.g. ``DATASET.ROOT``). Writes ``--out``
+(CSV: path, labels, one score column per class) and the same rows as JSON beside it
+(``tags.json``). Scores are the head's raw scores min-max normalised with the min and max of that
+head on the run's val split (TaI-DPT: the merged head). ``--threshold calibrated`` (default)
+labels a class when its score reaches the class's F1-maximising threshold on val; a number
+thresholds the same min-max scores; ``topk:K`` labels each image's K best classes. Both
+calibration and min-max come from ``RUN/predictions_val.npz`` (an evaluation on val writes it);
+``topk:K`` works without it, on raw scores. Unreadable or corrupt images are skipped with a
+warning and listed.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from taidpt.cli import train as train_cli
 from taidpt.engine import build_trainer
 from taidpt.engine.tagging import ThresholdRule, find_images, load_calibration, read_class_file, tag_images
+
+logger = logging.getLogger("taidpt.tag")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if getattr(trainer, "model", None) is None:
         return _fail(f"{trainer.cfg.TRAINER.NAME} scores saved predictions, not images: tag with each "
                      "of its runs instead.")
-    trainer.load_model(run_dir, epoch=args.load_epoch)
+    if args.load_epoch is not None or any(os.path.isdir(os.path.join(run_dir, name))
+                                          for name in trainer.get_model_names()):
+        trainer.load_model(run_dir, epoch=args.load_epoch)
+    else:
+        logger.warning("No checkpoint folder (%s) under %s: tagging with %s's initial model (right for "
+                       "ZeroshotCLIP, which trains nothing)", ", ".join(trainer.get_model_names()),
+                       run_dir, trainer.cfg.TRAINER.NAME)
     json_path = os.path.splitext(args.out)[0] + ".json"
     try:
         summary = tag_images(trainer, paths, rule, args.out, json_path, calibration=calibration,
