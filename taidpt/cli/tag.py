@@ -34,7 +34,8 @@ logger = logging.getLogger("taidpt.tag")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``tag`` subcommand (its handler is :func:`run`)."""
     parser = subparsers.add_parser("tag", help="label image files / folders with a trained run",
-                                   description=__doc__.split("\n")[0])
+                                   description=__doc__.replace("``", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", metavar="IMAGES_OR_DIRS", nargs="+",
                         help="image files, or folders searched recursively for images")
     parser.add_argument("--model-dir", required=True, metavar="RUN",
