@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -262,4 +263,9 @@ def test_tag_errors_name_the_path_and_the_fix(run, tmp_path, capsys):
     wanted = tmp_path / "wanted.txt"
     wanted.write_text("bird\n")
     assert "['bird'] are not classes of the run" in error("--model-dir", str(run_dir), "--classes", str(wanted))
+    untrained = tmp_path / "untrained"  # a TaI-DPT run killed before its first checkpoint
+    untrained.mkdir()
+    shutil.copy(run_dir / "config.yaml", untrained / "config.yaml")
+    shutil.copy(run_dir / "predictions_val.npz", untrained / "predictions_val.npz")
+    assert "No checkpoint at" in error("--model-dir", str(untrained))
     assert not (tmp_path / "t.csv").exists()

@@ -5,8 +5,8 @@
     taidpt tag photos/ --model-dir RUN --threshold 0.6 --classes wanted.txt
 
 The run is rebuilt as ``train.py --eval-only --model-dir RUN`` rebuilds it, from
-``RUN/config.yaml`` and its checkpoints (a run without checkpoint folders, e.g. ZeroshotCLIP's, is
-tagged with the trainer's initial model, with a warning), so the run's dataset and CLIP must be
+``RUN/config.yaml`` and its checkpoints (a trainer that trains nothing, ZeroshotCLIP, needs none;
+for the others a missing checkpoint is an error), so the run's dataset and CLIP must be
 readable; ``--opts KEY VALUE ...`` overrides the config (e.g. ``DATASET.ROOT``). Writes ``--out``
 (CSV: path, labels, one score column per class) and the same rows as JSON beside it
 (``tags.json``). Scores are the head's raw scores min-max normalised with the min and max of that
@@ -92,13 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if getattr(trainer, "model", None) is None:
         return _fail(f"{trainer.cfg.TRAINER.NAME} scores saved predictions, not images: tag with each "
                      "of its runs instead.")
-    if args.load_epoch is not None or any(os.path.isdir(os.path.join(run_dir, name))
-                                          for name in trainer.get_model_names()):
-        trainer.load_model(run_dir, epoch=args.load_epoch)
+    if trainer.trained_model_names():
+        try:
+            trainer.load_model(run_dir, epoch=args.load_epoch)
+        except (FileNotFoundError, ValueError) as err:
+            return _fail(str(err))
     else:
-        logger.warning("No checkpoint folder (%s) under %s: tagging with %s's initial model (right for "
-                       "ZeroshotCLIP, which trains nothing)", ", ".join(trainer.get_model_names()),
-                       run_dir, trainer.cfg.TRAINER.NAME)
+        logger.info("%s trains nothing: tagging with its model as built from %s",
+                    trainer.cfg.TRAINER.NAME, config)
     json_path = os.path.splitext(args.out)[0] + ".json"
     try:
         summary = tag_images(trainer, paths, rule, args.out, json_path, calibration=calibration,

@@ -53,6 +53,10 @@ class TrainerBase:
                 raise KeyError(f"No registered model {name!r}; registered: {list(self._models)}")
         return names
 
+    def trained_model_names(self) -> List[str]:
+        """The registered models that have an optimiser (empty for ZeroshotCLIP)."""
+        return [name for name in self._models if self._optims[name] is not None]
+
     def set_model_mode(self, mode: str = "train", names=None) -> None:
         for name in self.get_model_names(names):
             self._models[name].train(mode == "train")
@@ -140,7 +144,7 @@ class TrainerBase:
         """``MODEL.INIT_WEIGHTS``: initialise the trained model (the first registered one with an
         optimiser: ``prompt_learner`` for the prompt trainers, as CoOp does) from a checkpoint file
         of the same trainer and class count, before training (``RESUME`` still wins)."""
-        trained = [name for name in self.get_model_names() if self._optims[name] is not None]
+        trained = self.trained_model_names()
         if not trained:
             raise ValueError(f"MODEL.INIT_WEIGHTS is {path!r} but trainer {type(self).__name__} "
                              "trains no model to initialise: unset MODEL.INIT_WEIGHTS.")
