@@ -1,9 +1,14 @@
 """Config assembly: merge order, unknown keys, reference aliases, CoOp flags."""
+import logging
+import os
+
 import pytest
 
 from taidpt.config import ConfigError, get_cfg_default, setup_cfg
 
 import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(path, text):
@@ -131,3 +136,30 @@ def test_reference_keys_default_to_taidpt(tmp_path, fake_trainer):
     for name in ("", "Caption_distill_double", "ZeroshotCLIP"):
         cfg = setup_cfg(config_file=ref, flags={"TRAINER.NAME": name})
         assert cfg.TRAINER.TAIDPT.N_CTX == 4 and cfg.TRAINER.FAKE.N_CTX == 16
+
+
+def test_config_messages_reach_log_txt(tmp_path, tiny_clip_file):
+    """What config assembly logs (an ignored reference key) is in the run's log.txt, once."""
+    from fake_data import write_image_list
+
+    root = tmp_path / "data"
+    write_image_list(str(root), ["cat", "dog"], n=2)
+    out = tmp_path / "run"
+    assert train.main(["--trainer", "ZeroshotCLIP", "--root", str(root), "--output-dir", str(out),
+                       "--dataset-config-file", os.path.join(REPO, "configs/datasets/image_list.yaml"),
+                       "--no-train", "MODEL.BACKBONE.PATH", tiny_clip_file,
+                       "TEST.EVALUATOR_ACT", "softmax"]) == 0
+    log = (out / "log.txt").read_text()
+    assert log.count("TEST.EVALUATOR_ACT is accepted and ignored") == 1
+    assert log.index("TEST.EVALUATOR_ACT") < log.index("** Config **")
+
+
+def test_held_log_records_are_replayed_when_config_fails(caplog):
+    from taidpt.engine.utils import held_log_records
+
+    caplog.set_level(logging.INFO, logger="taidpt")
+    with pytest.raises(ValueError), held_log_records():
+        logging.getLogger("taidpt.config").warning("held then shown")
+        assert "held then shown" not in caplog.text
+        raise ValueError("bad config")
+    assert "held then shown" in caplog.text

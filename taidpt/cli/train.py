@@ -16,7 +16,7 @@ import torch
 
 from taidpt.config import setup_cfg
 from taidpt.engine import build_trainer
-from taidpt.engine.utils import set_random_seed, setup_logger
+from taidpt.engine.utils import held_log_records, replay_log_records, set_random_seed, setup_logger
 from taidpt.io import atomic_write
 
 logger = logging.getLogger("taidpt.train")
@@ -58,8 +58,10 @@ def cfg_from_args(args: argparse.Namespace):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = cfg_from_args(args)
+    with held_log_records() as config_records:  # e.g. reference keys ignored: into log.txt too
+        cfg = cfg_from_args(args)
     setup_logger(cfg.OUTPUT_DIR)
+    replay_log_records(config_records)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)

@@ -1,12 +1,13 @@
 """Small engine utilities: seeding, running averages, logging set-up."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sys
 from collections import defaultdict
-from typing import Dict
+from typing import Dict, Iterator, List
 
 import numpy as np
 import torch
@@ -67,3 +68,42 @@ def setup_logger(output_dir: str = "", level: int = logging.INFO) -> logging.Log
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
+
+
+class _HoldHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_log_records(name: str = "taidpt") -> Iterator[List[logging.LogRecord]]:
+    """Hold what logger ``name`` logs inside the block (e.g. while the config is assembled, before
+    ``log.txt`` exists) and yield the list of records, for :func:`replay_log_records` once the
+    handlers are set. If the block raises, the records are replayed to the handlers there were."""
+    logger = logging.getLogger(name)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    hold = _HoldHandler()
+    logger.handlers, logger.propagate = [hold], False
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    try:
+        yield hold.records
+    except BaseException:
+        logger.handlers, logger.propagate, _ = saved
+        logger.setLevel(saved[2])
+        replay_log_records(hold.records)
+        raise
+    logger.handlers, logger.propagate, _ = saved
+    logger.setLevel(saved[2])
+
+
+def replay_log_records(records: List[logging.LogRecord]) -> None:
+    """Hand held records to their loggers' current handlers (in order, with their own times)."""
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
