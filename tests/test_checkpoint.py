@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from taidpt.engine.checkpoint import (load_checkpoint, load_pretrained_weights,
-                                      resume_from_checkpoint, save_checkpoint,
-                                      strip_module_prefix)
+from taidpt.engine.checkpoint import (UnsafeCheckpointError, load_checkpoint,
+                                      load_pretrained_weights, resume_from_checkpoint,
+                                      save_checkpoint, strip_module_prefix)
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.io import atomic_write
@@ -112,15 +112,62 @@ def test_missing_files_are_explained(tmp_path):
         resume_from_checkpoint(tmp_path, nn.Linear(2, 2))
 
 
-def test_reference_style_file_with_pickled_objects(tmp_path):
-    # Dassl's scheduler state dict holds the successor scheduler object itself.
+def _dassl_style_checkpoint(path):
+    """A checkpoint as Dassl's ``save_checkpoint`` writes it: its warm-up scheduler's state dict is
+    the scheduler's ``__dict__`` less the optimiser, so it pickles the successor scheduler (and
+    through it the optimiser, whose momentum state is a defaultdict)."""
     model, optimizer, _ = _setup()
+    _train(model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1), 1)
     successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
-    torch.save({"state_dict": model.state_dict(), "epoch": 5,
-                "scheduler": {"successor": successor}}, tmp_path / "model.pth.tar-5")
-    with pytest.warns(UserWarning, match="full unpickling"):
-        checkpoint = load_checkpoint(tmp_path / "model.pth.tar-5")
+    scheduler_state = {"successor": successor, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": 3,
+                       "base_lrs": [0.1], "_step_count": 4, "verbose": False}
+    torch.save({"state_dict": model.state_dict(), "epoch": 5, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler_state, "val_result": 71.2}, path)
+    return model
+
+
+def test_dassl_checkpoint_with_its_pickled_scheduler_loads_safely(tmp_path, recwarn):
+    model = _dassl_style_checkpoint(tmp_path / "model.pth.tar-5")
+    checkpoint = load_checkpoint(tmp_path / "model.pth.tar-5")
     assert torch.equal(checkpoint["state_dict"]["weight"], model.weight)
+    successor = checkpoint["scheduler"]["successor"]
+    assert isinstance(successor, torch.optim.lr_scheduler.CosineAnnealingLR) and successor.T_max == 5
+    assert checkpoint["optimizer"]["state"][0]["momentum_buffer"].shape == (3, 4)
+    assert not [w for w in recwarn if "unpickling" in str(w.message)]
+
+
+class _Payload:
+    """Pickles as a call of ``os.mkdir(marker)``: what a malicious checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("how", ["load", "resume"])
+def test_checkpoint_with_a_pickled_callable_is_refused_and_does_not_run(tmp_path, how):
+    marker = tmp_path / "payload-ran"
+    model = nn.Linear(4, 3)
+    save_checkpoint({"state_dict": model.state_dict(), "epoch": 1, "val_result": _Payload(marker)},
+                    tmp_path / "run")
+    with pytest.raises(UnsafeCheckpointError, match=r"mkdir.*--trust-checkpoint"):
+        if how == "load":
+            load_checkpoint(tmp_path / "run" / "model.pth.tar-1")
+        else:
+            resume_from_checkpoint(tmp_path / "run", model)
+    assert not marker.exists()
+    load_checkpoint(tmp_path / "run" / "model.pth.tar-1", trust=True)  # the payload is real
+    assert marker.is_dir()
+
+
+def test_trust_checkpoint_flag_sets_the_config_key():
+    from taidpt.cli import train
+
+    for argv, expected in ([], False), (["--trust-checkpoint"], True):
+        args = train.build_parser().parse_args(argv)
+        assert train.cfg_from_args(args).MODEL.TRUST_CHECKPOINT is expected
 
 
 def test_load_pretrained_weights_matches_names_and_shapes(tmp_path):

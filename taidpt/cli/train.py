@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     p.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="DANGEROUS: load checkpoints with full unpickling, which runs any code a "
+                        "file holds (MODEL.TRUST_CHECKPOINT); only for files you trust")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="modify config options using the command-line (KEY VALUE pairs)")
     return p
@@ -52,6 +55,7 @@ def cfg_from_args(args: argparse.Namespace):
         "INPUT.TRANSFORMS": args.transforms, "TRAINER.NAME": args.trainer,
         "MODEL.BACKBONE.NAME": args.backbone, "MODEL.HEAD.NAME": args.head,
         "SEED": args.seed if args.seed >= 0 else None,
+        "MODEL.TRUST_CHECKPOINT": True if args.trust_checkpoint else None,
     }
     return setup_cfg(args.dataset_config_file, args.config_file, flags, args.opts or [])
 

@@ -6,17 +6,19 @@ A checkpoint is a dict with ``state_dict``, ``epoch`` (the epoch to resume from)
 """
 from __future__ import annotations
 
+import _compat_pickle
+import codecs
+import collections
 import logging
 import os
 import pickle
 import shutil
-import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.optim import Optimizer
+from torch.optim import lr_scheduler, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from taidpt.io import atomic_write
@@ -25,6 +27,59 @@ logger = logging.getLogger(__name__)
 
 POINTER_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
+
+# What a Dassl checkpoint pickles beyond tensors: its warm-up scheduler's state holds the successor
+# scheduler object, which holds its optimiser (state: a defaultdict of dicts). Rebuilding these
+# classes runs only their own __setstate__, never a callable named by the file.
+DASSL_CHECKPOINT_CLASSES = (
+    collections.defaultdict, dict,
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
+    lr_scheduler.CosineAnnealingLR, lr_scheduler.StepLR, lr_scheduler.MultiStepLR,
+    lr_scheduler.ExponentialLR, lr_scheduler.LinearLR, lr_scheduler.ConstantLR,
+)
+_PLAIN_GLOBALS = (collections.OrderedDict, collections.Counter, set, frozenset, list, tuple,
+                  complex, bytearray, codecs.encode, torch.Size)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint that would run code (or build objects beyond the allowed ones) when loaded."""
+
+
+def _allowed_global(module: str, name: str) -> Any:
+    """The object a checkpoint may name: tensor and storage rebuilding, dtypes, plain containers
+    and :data:`DASSL_CHECKPOINT_CLASSES`; None for anything else."""
+    for obj in (*DASSL_CHECKPOINT_CLASSES, *_PLAIN_GLOBALS):
+        if (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) == (module, name):
+            return obj
+    if module == "_codecs" and name == "encode":
+        return codecs.encode
+    if module == "torch._utils" and name.startswith(("_rebuild_tensor", "_rebuild_parameter")):
+        return getattr(torch._utils, name, None)
+    if module == "torch":
+        obj = getattr(torch, name, None)
+        if isinstance(obj, torch.dtype) or (name.endswith("Storage") and isinstance(obj, type)):
+            return obj
+    return None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Python's "restricting globals" unpickler: only :func:`_allowed_global` objects resolve."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names of protocol 2
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        obj = _allowed_global(module, name)
+        if obj is None:
+            raise UnsafeCheckpointError(f"Unsupported GLOBAL {module}.{name}")
+        return obj
+
+
+class _RestrictedPickle:
+    """The ``pickle_module`` handed to ``torch.load`` for files that pickle Dassl's objects."""
+
+    Unpickler = _RestrictedUnpickler
+    load = staticmethod(lambda file, **kwargs: _RestrictedUnpickler(file, **kwargs).load())
 
 
 def strip_module_prefix(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
@@ -57,12 +112,14 @@ def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
     return fpath
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint on the CPU.
+def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
+    """Load a checkpoint on the CPU without running code from it.
 
-    Plain-data files (ours) load with ``weights_only=True``. Files that pickle Python objects, such
-    as the reference's Dassl checkpoints (their ``scheduler`` entry holds the successor scheduler
-    object), are loaded with full unpickling after a warning: only load files you trust.
+    Loads with ``weights_only=True``; a file that needs more (the reference's Dassl checkpoints
+    pickle their scheduler) is read with a restricted unpickler that rebuilds tensors, plain data
+    and :data:`DASSL_CHECKPOINT_CLASSES` only. Anything else is refused with
+    :class:`UnsafeCheckpointError`, unless ``trust`` (``--trust-checkpoint``: full unpickling,
+    which runs whatever the file holds).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -71,19 +128,28 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
             "'<OUTPUT_DIR>/<model name>/model.pth.tar-<epoch>' and 'model-best.pth.tar' (e.g. "
             "'output/prompt_learner/model-best.pth.tar'); train first or point to an existing "
             "file.")
+    if trust:
+        logger.warning("Loading %s with full unpickling (--trust-checkpoint): it can run code.", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        warnings.warn(f"{path} pickles Python objects (e.g. a Dassl scheduler); loading it with "
-                      "full unpickling, which runs code from the file: only do this for trusted "
-                      "files.", stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        pass  # e.g. a Dassl checkpoint: its scheduler state pickles the successor scheduler
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: it names {str(err).split()[-1]}, which is not a tensor, plain "
+            "data or a Dassl optimiser / scheduler, and loading it could run code from the file. "
+            "If you made the file or trust its source, pass --trust-checkpoint (dangerous: full "
+            "unpickling runs whatever the file contains).") from None
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Optimizer] = None,
-                           scheduler: Optional[LRScheduler] = None) -> int:
+                           scheduler: Optional[LRScheduler] = None, trust: bool = False) -> int:
     """Restore the latest checkpoint of ``fdir`` (named by its ``checkpoint`` file); returns the
     epoch to start from. Model keys must match exactly; optimizer / scheduler are restored if given.
+    ``trust``: see :func:`load_checkpoint`.
     """
     pointer = os.path.join(os.fspath(fdir), POINTER_FILE)
     if not os.path.isfile(pointer):
@@ -93,7 +159,7 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Opti
             "'<OUTPUT_DIR>/prompt_learner'), or leave RESUME empty to start from scratch.")
     with open(pointer, encoding="utf-8") as file:
         fpath = os.path.join(os.fspath(fdir), file.readline().strip())
-    checkpoint = load_checkpoint(fpath)
+    checkpoint = load_checkpoint(fpath, trust=trust)
     model.load_state_dict(checkpoint["state_dict"])
     if optimizer is not None and checkpoint.get("optimizer") is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -104,12 +170,14 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Opti
     return start_epoch
 
 
-def load_pretrained_weights(model: nn.Module, path: str) -> Tuple[List[str], List[str]]:
+def load_pretrained_weights(model: nn.Module, path: str,
+                            trust: bool = False) -> Tuple[List[str], List[str]]:
     """Load the entries of a checkpoint (or bare state dict) whose names and shapes match ``model``.
 
-    Returns ``(loaded, discarded)`` key lists; warns when nothing matched.
+    Returns ``(loaded, discarded)`` key lists; warns when nothing matched. ``trust``: see
+    :func:`load_checkpoint`.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, trust=trust)
     state_dict = strip_module_prefix(checkpoint.get("state_dict", checkpoint))
     model_state = model.state_dict()
     matched = {key: value for key, value in state_dict.items()

@@ -69,6 +69,9 @@ def get_engine_defaults() -> CN:
 
     _C.MODEL = CN()
     _C.MODEL.INIT_WEIGHTS = ""
+    # Load checkpoints with full unpickling, which runs any code they hold (--trust-checkpoint).
+    # Off: only tensors, plain data and Dassl's optimiser / scheduler classes are rebuilt.
+    _C.MODEL.TRUST_CHECKPOINT = False
     _C.MODEL.BACKBONE = CN()
     _C.MODEL.BACKBONE.NAME = "RN50"
     _C.MODEL.BACKBONE.PATH = ""  # a CLIP file (JIT archive or state dict); overrides NAME lookup

@@ -35,6 +35,7 @@ class TrainerBase:
         self.epoch = 0
         self.start_epoch = 0
         self.max_epoch = 0
+        self.trust_checkpoint = False  # MODEL.TRUST_CHECKPOINT: full unpickling (runs code)
 
     # --- models -------------------------------------------------------------------------
     def register_model(self, name: str, model: nn.Module, optim=None, sched=None) -> None:
@@ -113,7 +114,8 @@ class TrainerBase:
         start = 0
         for name in names:
             start = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
-                                           self._optims[name], self._scheds[name])
+                                           self._optims[name], self._scheds[name],
+                                           trust=self.trust_checkpoint)
         return start
 
     def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
@@ -156,7 +158,7 @@ class TrainerBase:
 
     def _load_state(self, name: str, path: str, what: str) -> None:
         """Load model ``name`` from the checkpoint file ``path`` (strict, bar the ignored keys)."""
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ValueError(f"{what} {path} is not a trainer checkpoint (a dict with a "
                              "'state_dict'): give a model.pth.tar-<epoch> or model-best.pth.tar file.")
@@ -234,6 +236,7 @@ class SimpleTrainer(TrainerBase):
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
         self.output_dir = cfg.OUTPUT_DIR
+        self.trust_checkpoint = cfg.MODEL.TRUST_CHECKPOINT
         self.start_epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.best_result = -float("inf")
