@@ -29,6 +29,7 @@ def test_defaults_have_dassl_keys():
                 "OUTPUT_DIR", "RESUME", "USE_CUDA", "TRAINER.ZEROSHOTCLIP.TEMPLATE"]:
         node = cfg
         for part in key.split("."):
+            assert part in node, f"{key}: no {part!r} in the defaults"
             node = node[part]
 
 

@@ -150,8 +150,10 @@ def test_shapes(geometry, size, dim):
     g, l = model.class_embeddings()
     assert g.shape == l.shape == (3, dim)
     assert torch.allclose(g.norm(dim=-1), torch.ones(3)) and torch.allclose(l.norm(dim=-1), torch.ones(3))
-    for out in (*model.forward_text(tokens), *model.forward_image(torch.randn(2, 3, size, size))):
-        assert out.shape == (len(out), 3) and torch.isfinite(out).all()
+    outputs = [(3, out) for out in model.forward_text(tokens)]  # 3 captions
+    outputs += [(2, out) for out in model.forward_image(torch.randn(2, 3, size, size))]  # 2 images
+    for batch, out in outputs:
+        assert out.shape == (batch, 3) and torch.isfinite(out).all()
 
 
 def test_state_dict_keys_and_trainable_parameters(clip_model):
