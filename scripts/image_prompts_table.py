@@ -64,20 +64,25 @@ def wins(pairs: List[tuple]) -> str:
     return f"{'yes' if won == len(pairs) else 'no'} ({won}/{len(pairs)})"
 
 
-def headline_map(run_dir: str) -> float:
-    return read_json(os.path.join(run_dir, "results_test.json"))["results"]["mAP"]
+def test_map(run_dir: str, key: str = "mAP") -> float:
+    return read_json(os.path.join(run_dir, "results_test.json"))["results"][key]
+
+
+REFERENCE_RUNS = (("ZeroshotCLIP", "mAP_global", "ZSCLIP (global head)"),
+                  ("ZeroshotCLIP", "mAP_merged", "ZSCLIP+DPT (merged head)"),
+                  ("TaIDPT", "mAP", "TaI-DPT (merged head)"))
 
 
 def reference_rows(root: str) -> List[str]:
     rows = ["| run | test mAP per seed | mean ± std | training time (s, mean) |", "|---|---|---|---|"]
-    for name in ("ZeroshotCLIP", "TaIDPT"):
+    for name, key, label in REFERENCE_RUNS:
         runs = seeds_of(os.path.join(root, name))
         if not runs:
             continue
-        maps = [headline_map(runs[s]) for s in sorted(runs)]
+        maps = [test_map(runs[s], key) for s in sorted(runs)]
         times = [t for t in (train_seconds(runs[s]) for s in sorted(runs)) if t is not None]
         per_seed = ", ".join(f"s{s}: {m:.2f}" for s, m in zip(sorted(runs), maps))
-        rows.append(f"| {name} | {per_seed} | {mean_std(maps)} | {mean_seconds(times)} |")
+        rows.append(f"| {label} | {per_seed} | {mean_std(maps)} | {mean_seconds(times)} |")
     return rows
 
 

@@ -41,7 +41,8 @@ def test_table_means_wins_rates_and_times(tmp_path, table_module):
                        merged, 0.1 * seed)
     write_run(os.path.join(root, "DualCoOp", "p0.5", "seed1"), 60.0)  # no ensemble yet: no row
     table = table_module.build_table(root)
-    assert "| TaIDPT | s1: 70.00, s2: 72.00 | 71.00 ± 1.41 | 102 |" in table
+    assert "| TaI-DPT (merged head) | s1: 70.00, s2: 72.00 | 71.00 ± 1.41 | 102 |" in table
+    assert "ZSCLIP" not in table  # no zero-shot run in this tree
     assert ("| 0.1 | 45.00 ± 7.07 | 71.00 ± 1.41 | 71.25 ± 0.35 | s1: 0.1, s2: 0.2 | yes (2/2) | "
             "no (1/2) | 30 |") in table
     assert "| 0.5 |" not in table
