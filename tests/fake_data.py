@@ -8,12 +8,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from taidpt.datasets._common import load_label_set
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A toy label set and caption file for end-to-end runs on an image list.
+TOY_CLASSES = ["cat", "dog", "car"]
+TOY_SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
+TOY_CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
+                "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
+                "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
+                "the carpet is blue"]
+
+
+def run_train_py(*args: str, cwd, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` offline in a subprocess; with ``check``, a failure shows its output."""
+    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def epoch_losses(log: str) -> List[float]:
+    """Mean loss of each epoch in a training log: the running average on its last logged batch."""
+    last = {}
+    for epoch, batch, total, avg in re.findall(
+            r"epoch \[(\d+)/\d+\] batch \[(\d+)/(\d+)\] loss [\d.]+ \(([\d.]+)\)", log):
+        if batch == total:
+            last[int(epoch)] = float(avg)
+    return [last[e] for e in sorted(last)]
+
 
 VOC = load_label_set("voc2007")
 COCO = load_label_set("coco2014")

@@ -8,33 +8,10 @@ import sys
 import pytest
 import torch
 
-from fake_data import write_image_list
+from fake_data import TOY_CAPTIONS as CAPTIONS, TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS
+from fake_data import run_train_py, epoch_losses, write_image_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ["cat", "dog", "car"]
-SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
-CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
-            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
-            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
-            "the carpet is blue"]
-
-
-def _train_py(*args, cwd):
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
-    run = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
-
-
-def _epoch_losses(log):
-    """Mean loss of each epoch: the running average on its last logged batch."""
-    last = {}
-    for epoch, batch, total, avg in re.findall(
-            r"epoch \[(\d+)/\d+\] batch \[(\d+)/(\d+)\] loss [\d.]+ \(([\d.]+)\)", log):
-        if batch == total:
-            last[int(epoch)] = float(avg)
-    return [last[e] for e in sorted(last)]
 
 
 @pytest.mark.slow
@@ -50,21 +27,21 @@ def test_train_then_eval_only_reproduces_the_maps(tmp_path, tiny_clip_file):
             "DATALOADER.NUM_WORKERS", "0", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "-1",
             "TRAIN.PRINT_FREQ", "1", "TRAINER.TAIDPT.N_CTX", "4"]
     out = tmp_path / "out"
-    _train_py(*common, "--output-dir", str(out), *opts, cwd=tmp_path)
-    losses = _epoch_losses((out / "log.txt").read_text())
+    run_train_py(*common, "--output-dir", str(out), *opts, cwd=tmp_path)
+    losses = epoch_losses((out / "log.txt").read_text())
     assert len(losses) == 2 and losses[1] < losses[0], losses
     assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
     trained = json.loads((out / "results_test.json").read_text())["results"]
 
     evaluated = tmp_path / "eval"
-    _train_py(*common, "--output-dir", str(evaluated), "--eval-only", "--model-dir", str(out),
-              "--load-epoch", "2", *opts, "DATASET.CAPTIONS.PATH", "missing.txt", cwd=tmp_path)
+    run_train_py(*common, "--output-dir", str(evaluated), "--eval-only", "--model-dir", str(out),
+                 "--load-epoch", "2", *opts, "DATASET.CAPTIONS.PATH", "missing.txt", cwd=tmp_path)
     again = json.loads((evaluated / "results_test.json").read_text())["results"]
     assert set(again) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
     assert again == pytest.approx(trained, abs=1e-6)
 
     retrained = tmp_path / "retrained"  # the same seed trains the same prompts
-    _train_py(*common, "--output-dir", str(retrained), *opts, cwd=tmp_path)
+    run_train_py(*common, "--output-dir", str(retrained), *opts, cwd=tmp_path)
     assert json.loads((retrained / "results_test.json").read_text())["results"] == trained
     weights = [torch.load(run / "prompt_learner" / "model.pth.tar-2", map_location="cpu")["state_dict"]
                for run in (out, retrained)]
@@ -95,10 +72,10 @@ def test_prepare_then_train_on_fake_voc_with_coco_captions(tmp_path, tiny_clip_f
     assert re.search(r"^captions kept +40$", prepare.stdout, re.MULTILINE)  # one per image
 
     out = tmp_path / "out"
-    _train_py("--trainer", "Caption_distill_double", "--root", str(root), "--seed", "1",
-              "--dataset-config-file", dataset_cfg, "--config-file", method_cfg,
-              "--output-dir", str(out), "MODEL.BACKBONE.PATH", tiny_clip_file,
-              "INPUT.SIZE", "(64, 64)", "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path)
+    run_train_py("--trainer", "Caption_distill_double", "--root", str(root), "--seed", "1",
+                 "--dataset-config-file", dataset_cfg, "--config-file", method_cfg,
+                 "--output-dir", str(out), "MODEL.BACKBONE.PATH", tiny_clip_file,
+                 "INPUT.SIZE", "(64, 64)", "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path)
     log = (out / "log.txt").read_text()
     assert "Caption corpus: reusing" in log and "Training on" in log
     results = json.loads((out / "results_test.json").read_text())

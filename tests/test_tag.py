@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_data import write_image, write_image_list
+from fake_data import TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS, write_image, write_image_list
 from taidpt.cli import main as taidpt_main
 from taidpt.engine.calibration import f1_per_class, f1_thresholds, minmax, score_range
 from taidpt.engine.tagging import ThresholdRule, find_images, read_class_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ["cat", "dog", "car"]
-SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
 CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
             "a kitten and a puppy", "a dog chasing a car", "an automobile near a house"]
 

@@ -27,6 +27,7 @@ import sys
 import pytest
 import yaml
 
+from fake_data import TOY_CAPTIONS as CAPTIONS, TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS
 from fake_data import write_image, write_image_list
 from taidpt import dassl_bridge
 
@@ -44,12 +45,6 @@ HOST_RUNS = {"own": ("taidpt", "zeroshot"), "coop": ("taidpt", "alias", "zerosho
              "dassl": ("alias", "zeroshot", "eval")}
 TRAINED_BY = {"coop": "taidpt", "dassl": "alias"}
 WILDS = "wilds==1.2.2"  # Dassl's pin; installed without its dependencies (torch, ogb, ...)
-CLASSES = ["cat", "dog", "car"]
-SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
-CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
-            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
-            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
-            "the carpet is blue"]
 # CoOp's runner: register the local weights under a model name, then run train.py as a script.
 COOP_RUNNER = ("import runpy, sys\nfrom clip import clip\nclip._MODELS['tiny77'] = sys.argv[1]\n"
                "sys.argv = ['train.py'] + sys.argv[2:]\nrunpy.run_path('train.py', run_name='__main__')\n")

@@ -5,15 +5,13 @@ ViT of the real architecture."""
 import json
 import logging
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fake_data import write_image_list
+from fake_data import TOY_CAPTIONS as CAPTIONS, TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS
+from fake_data import run_train_py, epoch_losses, write_image_list
 from taidpt.clip import CLIP_MODEL_URLS, GEOMETRIES, CLIPGeometry, load_clip, random_clip, save_clip
 from taidpt.config import setup_cfg
 from taidpt.engine import build_trainer
@@ -29,12 +27,6 @@ BACKBONE_KEYS = {"MODEL.BACKBONE.NAME", "INPUT.SIZE"}  # all a vit config may ch
 # at the vit configs' own INPUT.SIZE without interpolation.
 B32_SHAPED = CLIPGeometry(64, 224, 2, 64, 32, context_length=32, transformer_width=64,
                           transformer_layers=1)
-CLASSES = ["cat", "dog", "car"]
-SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
-CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
-            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
-            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
-            "the carpet is blue"]
 
 
 def _flat(node, prefix=""):
@@ -176,24 +168,6 @@ def test_zeroshot_vit_global_equals_stock_encode_image(request, image_root, clip
 
 
 # --- end to end through train.py --------------------------------------------------------------
-def _train_py(*args, cwd):
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
-    run = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
-
-
-def _epoch_losses(log):
-    """Mean loss of each epoch: the running average on its last logged batch."""
-    last = {}
-    for epoch, batch, total, avg in re.findall(
-            r"epoch \[(\d+)/\d+\] batch \[(\d+)/(\d+)\] loss [\d.]+ \(([\d.]+)\)", log):
-        if batch == total:
-            last[int(epoch)] = float(avg)
-    return [last[e] for e in sorted(last)]
-
-
 def _results(run_dir):
     return json.loads((run_dir / "results_test.json").read_text())["results"]
 
@@ -210,9 +184,9 @@ def test_taidpt_and_zeroshot_vit_end_to_end(tmp_path, image_root, tiny_vit_file)
             "DATALOADER.TEST.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.002",
             "OPTIM.WARMUP_EPOCH", "-1", "TRAIN.PRINT_FREQ", "1", "TRAINER.TAIDPT.N_CTX", "4"]
     out = tmp_path / "out"
-    _train_py(*common, "--output-dir", str(out), *opts, cwd=tmp_path)
+    run_train_py(*common, "--output-dir", str(out), *opts, cwd=tmp_path)
     log = (out / "log.txt").read_text()
-    losses = _epoch_losses(log)
+    losses = epoch_losses(log)
     assert len(losses) == 2 and losses[1] < losses[0], losses
     assert "28x28 patch grid" in log  # the size check's warning
     assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
@@ -221,12 +195,12 @@ def test_taidpt_and_zeroshot_vit_end_to_end(tmp_path, image_root, tiny_vit_file)
     assert all(0.0 < value <= 100.0 for value in trained.values())
 
     evaluated = tmp_path / "eval"
-    _train_py(*common, "--output-dir", str(evaluated), "--eval-only", "--model-dir", str(out),
-              "--load-epoch", "2", *opts, cwd=tmp_path)
+    run_train_py(*common, "--output-dir", str(evaluated), "--eval-only", "--model-dir", str(out),
+                 "--load-epoch", "2", *opts, cwd=tmp_path)
     assert _results(evaluated) == pytest.approx(trained, abs=1e-6)
 
     zeroshot = tmp_path / "zeroshot"
-    _train_py("--trainer", "ZeroshotCLIP", "--eval-only", *dataset, "--output-dir", str(zeroshot),
-              "--config-file", _method("ZeroshotCLIP", "vit_b32"), "MODEL.BACKBONE.PATH",
-              tiny_vit_file, "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path)
+    run_train_py("--trainer", "ZeroshotCLIP", "--eval-only", *dataset, "--output-dir", str(zeroshot),
+                 "--config-file", _method("ZeroshotCLIP", "vit_b32"), "MODEL.BACKBONE.PATH",
+                 tiny_vit_file, "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path)
     assert set(_results(zeroshot)) == {"mAP", "mAP_global", "mAP_local", "mAP_merged"}
