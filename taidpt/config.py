@@ -9,7 +9,9 @@ has no effect here, logged once as ignored (see :func:`reference_key_aliases`).
 from __future__ import annotations
 
 import ast
+import fnmatch
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,8 +20,18 @@ from yacs.config import CfgNode as CN
 
 import taidpt.datasets  # noqa: F401 - registers the datasets
 import taidpt.trainers  # noqa: F401 - registers the trainers
-from taidpt.engine.defaults import get_engine_defaults
+from taidpt.datasets._common import check_writable
+from taidpt.datasets.captions import SOURCES
+from taidpt.engine.data import INTERPOLATION, TEST_RESIZES, TRAIN_TRANSFORMS
+from taidpt.engine.defaults import FINAL_MODELS, get_engine_defaults
+from taidpt.engine.evaluator import SPLITS
+from taidpt.engine.optim import LR_SCHEDULERS, OPTIMIZERS, WARMUP_TYPES
 from taidpt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
+from taidpt.losses import _DOUBLE_LOSSES, KNOWN_LABEL_LOSSES
+from taidpt.metrics import DIFFICULT_MODES
+from taidpt.models.precision import PRECISIONS
+from taidpt.models.prompts import CLASS_TOKEN_POSITIONS
+from taidpt.trainers.dualcoop import LOSSES as DUALCOOP_LOSSES
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +61,11 @@ class ConfigError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A config value outside its allowed set or range; the message names the key, the value and
+    what is allowed."""
 
 
 def _decode(value: Any) -> Any:
@@ -292,7 +309,8 @@ def _trainer_name(files: Sequence[str], flags: Dict[str, Any], opts: Sequence[st
 
 def setup_cfg(dataset_config_file: str = "", config_file: str = "", flags: Optional[Dict[str, Any]] = None,
               opts: Sequence[str] = (), freeze: bool = True) -> CN:
-    """defaults -> dataset YAML -> method YAML -> flags (non-empty values only) -> opts -> freeze.
+    """defaults -> dataset YAML -> method YAML -> flags (non-empty values only) -> opts -> freeze
+    (the values checked first, :func:`check_values`).
 
     Reference key names are translated for the trainer the config names (:func:`reference_key_aliases`);
     each ignored one is logged once.
@@ -309,5 +327,84 @@ def setup_cfg(dataset_config_file: str = "", config_file: str = "", flags: Optio
     merge_from_opts(cfg, opts, reference)
     reference.log_ignored()
     if freeze:
+        check_values(cfg)
         cfg.freeze()
     return cfg
+
+
+# Keys (fnmatch patterns over dotted keys) with a fixed set of values: each the constant its reader
+# checks. INPUT.TRANSFORMS is a list: each of its names must be one of the set.
+CHOICES: Dict[str, Sequence[str]] = {
+    "TEST.SPLIT": SPLITS,
+    "TEST.FINAL_MODEL": FINAL_MODELS,
+    "DATASET.DIFFICULT": DIFFICULT_MODES,
+    "DATASET.CAPTIONS.SOURCE": ("",) + SOURCES,
+    "INPUT.INTERPOLATION": tuple(INTERPOLATION),
+    "INPUT.TEST_RESIZE": TEST_RESIZES,
+    "INPUT.TRANSFORMS": tuple(TRAIN_TRANSFORMS),
+    "OPTIM.NAME": OPTIMIZERS,
+    "OPTIM.LR_SCHEDULER": LR_SCHEDULERS,
+    "OPTIM.WARMUP_TYPE": WARMUP_TYPES,
+    "TRAINER.*.PREC": PRECISIONS,
+    "TRAINER.*.CLASS_TOKEN_POSITION": CLASS_TOKEN_POSITIONS,
+    "TRAINER.TAIDPT.LOSS": tuple(_DOUBLE_LOSSES),
+    "TRAINER.DUALCOOP.LOSS": DUALCOOP_LOSSES,
+    "TRAINER.COOPML.LOSS": KNOWN_LABEL_LOSSES,
+    "TRAINER.COCOOPML.LOSS": KNOWN_LABEL_LOSSES,
+}
+# Numeric keys (patterns) -> (low, high, low included, high included); None: unbounded.
+RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
+    "OPTIM.LR": (0, None, False, False),
+    "OPTIM.WEIGHT_DECAY": (0, None, True, False),
+    "OPTIM.MOMENTUM": (0, None, True, False),
+    "OPTIM.MAX_EPOCH": (0, None, True, False),
+    "DATALOADER.*.BATCH_SIZE": (1, None, True, False),
+    "DATALOADER.NUM_WORKERS": (0, None, True, False),
+    "TRAIN.PRINT_FREQ": (1, None, True, False),
+    "DATASET.PARTIAL_PROB": (0, 1, False, True),
+    "TRAINER.*.GL_MERGE_RATE": (0, 1, True, True),
+    "TRAINER.ENSEMBLE.RATE": (0, 1, True, True),
+    "TRAINER.*.N_CTX": (1, None, True, False),
+}
+
+
+def _interval(low, high, low_in: bool, high_in: bool) -> str:
+    upper = "inf)" if high is None else f"{high:g}{']' if high_in else ')'}"
+    return f"{'[' if low_in else '('}{low:g}, {upper}"
+
+
+def _matching(table: Dict[str, Any], key: str) -> Any:
+    return next((rule for pattern, rule in table.items() if fnmatch.fnmatchcase(key, pattern)), None)
+
+
+def check_values(cfg: CN) -> None:
+    """Every key of :data:`CHOICES` / :data:`RANGES` holds an allowed value; else a
+    :class:`ConfigValueError` naming the key, the value and the allowed ones."""
+    for key, value in _flatten(cfg).items():
+        choices = _matching(CHOICES, key)
+        if choices is not None:
+            bad = [v for v in value if v not in choices] if isinstance(value, (list, tuple)) else (
+                [] if value in choices else [value])
+            if bad:
+                allowed = ", ".join(repr(c) if c == "" else c for c in choices)
+                raise ConfigValueError(f"{key} must be one of {allowed}, got {value!r}: fix it in "
+                                       "the config file or the command-line opts.")
+        bounds = _matching(RANGES, key)
+        if bounds is not None:
+            low, high, low_in, high_in = bounds
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+                  and not math.isnan(value)
+                  and (value >= low if low_in else value > low)
+                  and (high is None or (value <= high if high_in else value < high)))
+            if not ok:
+                raise ConfigValueError(f"{key} must lie in {_interval(*bounds)}, got "
+                                       f"{value!r}: fix it in the config file or the command-line "
+                                       "opts.")
+
+
+
+def check_output_dir(cfg: CN) -> None:
+    """``OUTPUT_DIR`` is a writable folder (created if missing), before any work; the caches are
+    checked where they are built (``taidpt.datasets``)."""
+    if cfg.OUTPUT_DIR:
+        check_writable(cfg.OUTPUT_DIR, "OUTPUT_DIR (--output-dir)")

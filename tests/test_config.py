@@ -1,10 +1,12 @@
 """Config assembly: merge order, unknown keys, reference aliases, CoOp flags."""
+import fnmatch
 import logging
 import os
 
 import pytest
 
-from taidpt.config import ConfigError, get_cfg_default, setup_cfg
+from taidpt.config import (CHOICES, RANGES, ConfigError, ConfigValueError, _flatten, check_values,
+                           get_cfg_default, setup_cfg)
 
 import train
 
@@ -164,3 +166,44 @@ def test_held_log_records_are_replayed_when_config_fails(caplog):
         assert "held then shown" not in caplog.text
         raise ValueError("bad config")
     assert "held then shown" in caplog.text
+
+
+def test_every_checked_pattern_names_real_keys_and_the_defaults_pass():
+    keys = list(_flatten(get_cfg_default()))
+    for pattern in [*CHOICES, *RANGES]:
+        assert fnmatch.filter(keys, pattern), f"{pattern} matches no config key"
+    check_values(get_cfg_default())
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("TEST.SPLIT", "train", "test, val"),
+    ("TEST.FINAL_MODEL", "bestval", "last_step, best_val"),
+    ("TRAINER.TAIDPT.GL_MERGE_RATE", "7", "[0, 1]"),
+    ("TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE", "-0.1", "[0, 1]"),
+    ("OPTIM.LR", "-1", "(0, inf)"),
+    ("OPTIM.LR", "0", "(0, inf)"),
+    ("DATALOADER.TRAIN_X.BATCH_SIZE", "0", "[1, inf)"),
+    ("DATALOADER.TEST.BATCH_SIZE", "-3", "[1, inf)"),
+    ("TRAINER.TAIDPT.LOSS", "focal", "double_ranking, ranking, bce, asl"),
+    ("TRAINER.DUALCOOP.LOSS", "ranking", "asl, fewshot"),
+    ("TRAINER.COOPML.PREC", "bf16", "fp32, fp16, amp"),
+    ("TRAINER.DUALCOOP.CLASS_TOKEN_POSITION", "start", "end, middle, front"),
+    ("INPUT.TRANSFORMS", "['random_flip', 'autoaugment']", "random_flip"),
+    ("DATASET.CAPTIONS.SOURCE", "txt", "'', text, jsonl"),
+    ("DATASET.PARTIAL_PROB", "0", "(0, 1]"),
+    ("TRAIN.PRINT_FREQ", "0", "[1, inf)"),
+])
+def test_bad_values_are_refused_when_frozen(key, value, allowed):
+    with pytest.raises(ConfigValueError) as err:
+        setup_cfg(opts=[key, value])
+    message = str(err.value)
+    assert message.startswith(f"{key} must ") and allowed in message and "got" in message
+    assert isinstance(err.value, ValueError) and isinstance(err.value, ConfigError)
+    assert setup_cfg(opts=[key, value], freeze=False)  # checked at freezing only
+
+
+def test_edge_values_are_accepted():
+    cfg = setup_cfg(opts=["TRAINER.TAIDPT.GL_MERGE_RATE", "0", "TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE",
+                          "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "1", "DATASET.PARTIAL_PROB", "1",
+                          "TEST.FINAL_MODEL", "best_val", "TEST.SPLIT", "val"])
+    assert cfg.TRAINER.TAIDPT.GL_MERGE_RATE == 0.0 and cfg.TEST.SPLIT == "val"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -51,6 +52,18 @@ def cache_root(cfg) -> str:
     return os.path.abspath(root)
 
 
+def check_writable(path: str, what: str) -> None:
+    """Create folder ``path`` if needed and write (then drop) an unnamed file in it; else the OS
+    error naming ``what`` and the path. Nothing is left behind."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise type(err)(err.errno, f"{what} is not writable ({err.strerror})",
+                        os.path.abspath(path)) from err
+
+
 def wants_train_images(cfg) -> bool:
     """Training images are read only when the method does not train on captions."""
     return not cfg.DATASET.CAPTIONS.SOURCE
@@ -77,8 +90,12 @@ class Layout:
 
     def root(self, cfg) -> str:
         """The absolute ``DATASET.ROOT``; it must exist."""
+        if not cfg.DATASET.ROOT:
+            raise FileNotFoundError(
+                f"{self.name}: DATASET.ROOT is not set: give --root DATA, the folder holding:\n"
+                f"{self.tree}\nDownload: {self.download} (DATA.md has the details).")
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        if not cfg.DATASET.ROOT or not os.path.isdir(root):
+        if not os.path.isdir(root):
             raise self._missing("DATASET.ROOT (set it with --root)", root)
         return root
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from taidpt.datasets._common import cache_root
+from taidpt.datasets._common import cache_root, check_writable
 from taidpt.datasets.caption_corpus import CaptionCorpus
 from taidpt.io import atomic_write
 
@@ -179,18 +179,33 @@ def _load_or_build(cfg, dataset, context_length: int, force: bool,
     if corpus is not None:
         corpus.stats = {**corpus.stats, "cache": "reused"}
         logger.info("Caption corpus: reusing %s", path)
+        _check_captions(corpus.stats, file)
     else:
         sentences = read_captions(options["source"], file, options["per_image"])
+        check_writable(os.path.dirname(path), "The caption cache folder (DATASET.CAPTIONS.CACHE_DIR, "
+                                              "$TAIDPT_CACHE or ~/.cache/taidpt)")
         corpus = CaptionCorpus(sentences, options["synonyms"], context_length,
                                templates=options["templates"], max_captions=options["max_captions"],
                                limit_per_class=options["limit_per_class"], seed=options["seed"],
                                progress=progress)
         corpus.stats.update(source=options["source"], file=file)
+        _check_captions(corpus.stats, file)
         _save(corpus, path)
         corpus.stats["cache"] = "built"
         logger.info("Caption corpus: wrote %s", path)
     _log_stats(corpus.stats)
     return corpus, path
+
+
+def _check_captions(stats: Dict, file: str) -> None:
+    """A corpus without a single caption of a class (an empty file, or no sentence naming a class)
+    is an error naming ``file`` and its counts: it would train on template sentences only."""
+    if stats["captions"] == 0:
+        raise ValueError(
+            f"Caption file {file} gives no caption naming a class: {stats['read']} sentences read, "
+            f"{stats['labelled']} with a class, {stats['captions']} kept. Check "
+            "DATASET.CAPTIONS.PATH / SOURCE, the class names (and synonyms) of the dataset, and "
+            "DATASET.CAPTIONS.LIMIT_PER_CLASS / MAX_CAPTIONS.")
 
 
 def _log_stats(stats: Dict) -> None:

@@ -163,6 +163,22 @@ def read_image(path: str) -> Image.Image:
                            "a valid copy or remove it from the image list.") from err
 
 
+def check_images(items: Sequence, what: str) -> None:
+    """Every item's image opens and its header decodes (PIL ``open`` + ``verify``: no pixels are
+    decoded); else a ValueError listing every bad file, naming ``what`` (e.g. the split)."""
+    bad = []
+    for item in items:
+        try:
+            with Image.open(item.impath) as img:
+                img.verify()
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: SyntaxError for broken chunks
+            bad.append(f"{item.impath}: {err}")
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(items)} {what} images are missing, corrupt or not "
+                         "images:\n  " + "\n  ".join(bad) + "\nReplace them with valid copies "
+                         "or remove them from the image list.")
+
+
 class ImageDataset(Dataset):
     """Labelled images: items with ``impath`` and ``label`` (length-C, 1 / 0 / -1)."""
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+FINAL_MODELS = ("last_step", "best_val")  # TEST.FINAL_MODEL: the model tested after training
+
 
 def get_engine_defaults() -> CN:
     """The config tree shared by every trainer and dataset (before their own nodes)."""

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from taidpt.clip import random_clip, save_clip, tokenize
 from taidpt.clip.pretrain import pretrain_clip
 
+from taidpt.datasets._common import check_writable
 from taidpt.datasets.synthetic.captions import write_caption
 from taidpt.datasets.synthetic.scenes import Scene, load_vocabulary, render_scene, sample_scene
 
@@ -139,8 +140,10 @@ def build_world(spec: WorldSpec, cache_dir: str = "") -> Path:
     final = world_dir(spec, cache_dir)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(str(final.parent), "The synthetic cache folder (DATASET.SYNTHETIC.CACHE_DIR, "
+                                      "$TAIDPT_CACHE or ~/.cache/taidpt)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the world is a shared cache
     try:
         logger.info("Building the synthetic world %s", final)
         _write_lines(tmp / "classes.txt", [c.name for c in load_vocabulary(spec.num_classes).classes])
