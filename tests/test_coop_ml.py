@@ -298,6 +298,8 @@ def test_train_then_eval_only_reproduces_the_map(tmp_path, tiny_clip_file, train
     scores = [np.load(run / "predictions_test.npz")["scores_logits"] for run in (out, evaluated)]
     assert np.abs(scores[0] - scores[1]).max() <= 1e-6
     untrained = tmp_path / "untrained"  # the reload matters: the initial context scores otherwise
-    assert train.main([*common, "--output-dir", str(untrained), "--eval-only", *opts]) == 0
+    assert train.main([*common, "--output-dir", str(untrained), "--eval-only", *opts]) == 2
+    args = train.build_parser().parse_args([*common, "--output-dir", str(untrained), *opts])
+    build_trainer(train.cfg_from_args(args)).test()  # what --eval-only without --model-dir did
     initial = np.load(untrained / "predictions_test.npz")["scores_logits"]
     assert np.abs(scores[0] - initial).max() > 1e-3

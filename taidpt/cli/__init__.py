@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from taidpt.cli.errors import run_guarded
 from taidpt.engine.utils import setup_logger
 
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     from taidpt.cli import ensemble, prepare, synthetic, tag
 
     parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="on failure, print the traceback too (exit 2: bad input, 1: runtime)")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train / evaluate (same flags as train.py)", add_help=False)
     train.set_defaults(func=None)
@@ -49,4 +52,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logger()
-    return args.func(args)
+    return run_guarded(f"taidpt {args.command}", lambda: args.func(args), debug=args.debug)

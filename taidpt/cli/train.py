@@ -14,8 +14,10 @@ from typing import List, Optional
 
 import torch
 
-from taidpt.config import setup_cfg
+from taidpt.cli.errors import run_guarded
+from taidpt.config import check_output_dir, setup_cfg
 from taidpt.engine import build_trainer
+from taidpt.engine.data import check_images
 from taidpt.engine.utils import held_log_records, replay_log_records, set_random_seed, setup_logger
 from taidpt.io import atomic_write
 
@@ -36,10 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", type=str, default="", help="name of trainer (aliases accepted)")
     p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     p.add_argument("--head", type=str, default="", help="name of head")
-    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluation only; a trainer that learns needs --model-dir (ZeroshotCLIP "
+                        "needs none)")
     p.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     p.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
-    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("--no-train", action="store_true",
+                   help="build the trainer (config, data, model) and stop: no training, no evaluation")
+    p.add_argument("--debug", action="store_true",
+                   help="on failure, print the traceback to stderr too (log.txt always has it)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="DANGEROUS: load checkpoints with full unpickling, which runs any code a "
                         "file holds (MODEL.TRUST_CHECKPOINT); only for files you trust")
@@ -60,10 +67,35 @@ def cfg_from_args(args: argparse.Namespace):
     return setup_cfg(args.dataset_config_file, args.config_file, flags, args.opts or [])
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def evaluated_splits(cfg, eval_only: bool) -> List[str]:
+    """The splits this run evaluates: ``TEST.SPLIT`` (unless ``TEST.NO_TEST`` when training), and
+    ``val`` every epoch with ``TEST.FINAL_MODEL best_val``."""
+    if eval_only:
+        return [cfg.TEST.SPLIT]
+    if cfg.TEST.NO_TEST:
+        return []
+    return sorted({cfg.TEST.SPLIT, "val" if cfg.TEST.FINAL_MODEL == "best_val" else cfg.TEST.SPLIT})
+
+
+def check_run(trainer, args: argparse.Namespace) -> None:
+    """Before any training or evaluation: ``--eval-only`` of a trainer that learns needs
+    ``--model-dir``; the images of every evaluated split open (all bad files listed)."""
+    learned = trainer.trained_model_names()
+    if args.eval_only and not args.model_dir and learned:
+        raise ValueError(f"--eval-only without --model-dir would evaluate the untrained "
+                         f"{', '.join(learned)} of {trainer.cfg.TRAINER.NAME}: give --model-dir, the "
+                         "OUTPUT_DIR of its training run (ZeroshotCLIP needs none).")
+    if args.no_train or getattr(trainer, "model", None) is None:  # ensembles read predictions only
+        return
+    for split in evaluated_splits(trainer.cfg, args.eval_only):
+        check_images(trainer.split_items(split), f"{split} split (TEST.SPLIT / TEST.FINAL_MODEL)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and / or evaluate as the parsed flags say (errors propagate; see :func:`main`)."""
     with held_log_records() as config_records:  # e.g. reference keys ignored: into log.txt too
         cfg = cfg_from_args(args)
+    check_output_dir(cfg)
     setup_logger(cfg.OUTPUT_DIR)
     replay_log_records(config_records)
     if cfg.SEED >= 0:
@@ -77,13 +109,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump().encode()))
     logger.info("PyTorch %s, CUDA available: %s", torch.__version__, torch.cuda.is_available())
     trainer = build_trainer(cfg)
+    check_run(trainer, args)
     if args.eval_only:
         if args.model_dir:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
         else:
-            logger.info("No --model-dir given: evaluating the trainer's initial model")
+            logger.info("%s trains nothing: evaluating its model as built", cfg.TRAINER.NAME)
         trainer.test()
         return 0
     if not args.no_train:
         trainer.train()
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """train.py: exit 0; 2 for bad input or config, 1 for a runtime failure, with one message on
+    stderr and in log.txt (:func:`taidpt.cli.errors.run_guarded`)."""
+    args = build_parser().parse_args(argv)
+    return run_guarded("train.py", lambda: run(args), debug=args.debug)
