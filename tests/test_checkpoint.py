@@ -183,3 +183,38 @@ def test_load_pretrained_weights_matches_names_and_shapes(tmp_path):
 def test_strip_module_prefix():
     assert list(strip_module_prefix({"module.a": 1, "b": 2, "x.module.c": 3})) == ["a", "b",
                                                                                   "x.module.c"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from taidpt.engine.checkpoint import restore_rng_state, rng_state
+
+    generator = torch.Generator().manual_seed(3)
+    torch.randperm(5, generator=generator)
+    save_checkpoint({"state_dict": {}, "epoch": 1, "rng": rng_state({"train": generator})}, tmp_path)
+    expected = (random.random(), np.random.rand(), torch.rand(2), torch.randperm(9, generator=generator))
+    state = torch.load(tmp_path / "model.pth.tar-1", weights_only=True)["rng"]  # plain data only
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    fresh = torch.Generator().manual_seed(3)
+    restore_rng_state(state, {"train": fresh})
+    got = (random.random(), np.random.rand(), torch.rand(2), torch.randperm(9, generator=fresh))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+
+
+def test_remove_stale_temp_files_takes_only_atomic_write_names(tmp_path):
+    from taidpt.engine.checkpoint import remove_stale_temp_files
+
+    stale = tmp_path / f".model.pth.tar-3.{'ab' * 16}.tmp"
+    user = [tmp_path / ".model.tmp", tmp_path / f"model.{'ab' * 16}.tmp", tmp_path / "notes.txt"]
+    for path in [stale, *user]:
+        path.write_text("x")
+    assert remove_stale_temp_files(str(tmp_path)) == [str(stale)]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in user)
+    only = tmp_path / "prompt_learner"
+    only.mkdir()
+    (only / f".checkpoint.{'cd' * 16}.tmp").write_text("")
+    assert remove_stale_temp_files(str(only))[-1] == str(only) and not only.exists()
+    assert remove_stale_temp_files(str(tmp_path / "missing")) == []

@@ -121,3 +121,157 @@ def test_shape_mismatch_on_load_is_explained(tmp_path):
     other._models["linear"] = other.model
     with pytest.raises(ValueError, match="shape"):
         other.load_model(str(tmp_path / "out"), epoch=1)
+
+
+# --- exact resume and checkpoint metadata (issue 12) -----------------------------------------
+if "ToyImagesRenamed" not in DATASET_REGISTRY:
+    @DATASET_REGISTRY.register()
+    class ToyImagesRenamed(DatasetBase):
+        def __init__(self, cfg):
+            items = _toy_items(cfg.DATASET.ROOT)
+            super().__init__(["rouge", "vert", "bleu"], test=items, train_x=items)
+
+    @TRAINER_REGISTRY.register()
+    class ToyBuffered(ToyLinear):
+        """A class-name buffer that checkpoints hold and loading drops, as the token buffers."""
+
+        ignored_checkpoint_keys = ("2.names",)
+
+        def build_model(self):
+            super().build_model()
+            self.model[2].register_buffer("names", torch.tensor([float(len(n)) for n in self.classnames]))
+
+
+@pytest.fixture
+def trainer_log():
+    """The messages ``taidpt.engine.trainer`` logs during the test (INFO and up)."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("taidpt.engine.trainer")
+    level = log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    yield lambda: "\n".join(r.getMessage() for r in records)
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def _build(cfg):
+    from taidpt.engine import build_trainer
+    from taidpt.engine.utils import set_random_seed
+
+    set_random_seed(cfg.SEED)  # as train.py does
+    return build_trainer(cfg)
+
+
+def _checkpoint(tmp_path, epoch, folder="linear"):
+    return torch.load(tmp_path / "out" / folder / f"model.pth.tar-{epoch}", weights_only=True)
+
+
+def test_resume_after_a_crash_continues_bit_for_bit(tmp_path, trainer_log):
+    """Train 4 epochs; roll the run back to its epoch-2 checkpoint (a crash in epoch 3) and
+    resume: epochs 3-4 redo exactly the same steps (shuffle order, random flips, LR, momentum)."""
+    opts = {"OPTIM.MAX_EPOCH": 4, "INPUT.TRANSFORMS": ["random_flip"], "OPTIM.LR_SCHEDULER": "cosine"}
+    _build(_cfg(tmp_path, **opts)).train()
+    final = _checkpoint(tmp_path, 4)
+    folder = tmp_path / "out" / "linear"
+    for epoch in (3, 4):
+        os.remove(folder / f"model.pth.tar-{epoch}")
+    (folder / "checkpoint").write_text("model.pth.tar-2\n")
+
+    resumed = _build(_cfg(tmp_path, **opts))
+    resumed.train()
+    assert "starting at epoch 3" in trainer_log()
+    again = _checkpoint(tmp_path, 4)
+    for key, value in final["state_dict"].items():
+        assert torch.equal(again["state_dict"][key], value), key
+    assert again["optimizer"]["state"][0]["momentum_buffer"].equal(
+        final["optimizer"]["state"][0]["momentum_buffer"])
+    assert again["rng"]["generators"]["train_loader_x"].equal(final["rng"]["generators"]["train_loader_x"])
+
+
+def test_checkpoints_describe_their_run(tmp_path):
+    _build(_cfg(tmp_path, **{"OPTIM.MAX_EPOCH": 2})).train()
+    assert (tmp_path / "out" / "linear" / "model.pth.tar-1").is_file()  # every epoch by default
+    run = _checkpoint(tmp_path, 2)["run"]
+    assert run == {"trainer": "ToyLinear", "classnames": ["red", "green", "blue"],
+                   "backbone": "RN50", "n_ctx": None, "csc": None}
+
+
+def test_resume_dir_without_checkpoint_is_an_error_unless_it_is_the_fresh_output_dir(tmp_path, trainer_log):
+    with pytest.raises(FileNotFoundError, match=r"RESUME \(--resume\) .*nowhere holds no checkpoint"):
+        _build(_cfg(tmp_path, RESUME=str(tmp_path / "nowhere"))).before_train()
+    fresh = _build(_cfg(tmp_path, RESUME=str(tmp_path / "out")))
+    fresh.before_train()
+    assert fresh.start_epoch == 0 and "training from scratch" in trainer_log()
+    fresh.close_writer()
+    _build(_cfg(tmp_path, **{"OPTIM.MAX_EPOCH": 1})).train()
+    with pytest.raises(FileNotFoundError, match=r"looks like a model folder: give its parent .*out\."):
+        _build(_cfg(tmp_path, RESUME=str(tmp_path / "out" / "linear"))).before_train()
+
+
+def test_next_run_removes_what_a_killed_write_left(tmp_path, trainer_log):
+    out = tmp_path / "out"
+    (out / "linear").mkdir(parents=True)
+    stale = [out / "linear" / f".model.pth.tar-2.{'a1' * 16}.tmp", out / f".results_test.json.{'0f' * 16}.tmp"]
+    kept = [out / "linear" / ".notes.tmp", out / f".x.{'a1' * 15}.tmp", out / "mine.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    trainer = _build(_cfg(tmp_path))
+    trainer.before_train()
+    trainer.close_writer()
+    assert [p for p in stale + kept if p.exists()] == kept
+    assert f"Removed {stale[0]}" in trainer_log()
+    (out / "linear" / ".notes.tmp").unlink()
+    stale[0].write_bytes(b"")  # a folder holding only a killed write's temp file goes too
+    trainer = _build(_cfg(tmp_path))
+    trainer.before_train()
+    trainer.close_writer()
+    assert not (out / "linear").exists()
+
+
+def test_another_class_list_needs_the_flag_and_resume_refuses_it(tmp_path, trainer_log):
+    _build(_cfg(tmp_path, **{"OPTIM.MAX_EPOCH": 1, "TRAINER.NAME": "ToyBuffered"})).train()
+    renamed = {"DATASET.NAME": "ToyImagesRenamed", "TRAINER.NAME": "ToyBuffered"}
+    other = _build(_cfg(tmp_path, OUTPUT_DIR=str(tmp_path / "eval"), **renamed))
+    with pytest.raises(ValueError, match=r"trained on other classes .*checkpoint 3 classes \[red, "
+                                         r"green, blue\], this run 3 classes \[rouge.*--allow-other-classes"):
+        other.load_model(str(tmp_path / "out"))
+    allowed = _build(_cfg(tmp_path, OUTPUT_DIR=str(tmp_path / "eval"), **renamed,
+                          **{"MODEL.ALLOW_OTHER_CLASSES": True}))
+    allowed.load_model(str(tmp_path / "out"))
+    assert "loading it on this class list (MODEL.ALLOW_OTHER_CLASSES)" in trainer_log()
+    assert allowed.model[2].names.tolist() == [5.0, 4.0, 4.0]  # this run's buffer, not the file's
+    with pytest.raises(ValueError, match=r"Cannot resume from .*classnames: checkpoint 3 classes "
+                                         r"\[red, green, blue\], this run 3 classes \[rouge, vert, bleu\] "
+                                         r"\(first difference at 0: 'red' vs 'rouge'\)"):
+        _build(_cfg(tmp_path, **renamed)).before_train()
+
+
+def test_resume_drops_the_ignored_buffers(tmp_path):
+    _build(_cfg(tmp_path, **{"OPTIM.MAX_EPOCH": 1, "TRAINER.NAME": "ToyBuffered"})).train()
+    path = tmp_path / "out" / "linear" / "model.pth.tar-1"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["2.names"] = torch.zeros(3)
+    torch.save(checkpoint, path)
+    resumed = _build(_cfg(tmp_path, **{"TRAINER.NAME": "ToyBuffered"}))
+    resumed.before_train()
+    resumed.close_writer()
+    assert resumed.start_epoch == 1 and resumed.model[2].names.tolist() == [3.0, 5.0, 4.0]
+
+
+def test_checkpoints_without_metadata_still_load_and_resume(tmp_path, trainer_log):
+    _build(_cfg(tmp_path, **{"OPTIM.MAX_EPOCH": 1})).train()
+    path = tmp_path / "out" / "linear" / "model.pth.tar-1"
+    checkpoint = torch.load(path, weights_only=True)
+    old = {k: checkpoint[k] for k in ("state_dict", "epoch", "optimizer", "scheduler", "val_result")}
+    torch.save(old, path)
+    _build(_cfg(tmp_path)).load_model(str(tmp_path / "out"), epoch=1)
+    assert "holds no run metadata" in trainer_log()
+    resumed = _build(_cfg(tmp_path))
+    resumed.before_train()
+    resumed.close_writer()
+    assert resumed.start_epoch == 1 and "holds no RNG state" in trainer_log()

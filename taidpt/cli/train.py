@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="DANGEROUS: load checkpoints with full unpickling, which runs any code a "
                         "file holds (MODEL.TRUST_CHECKPOINT); only for files you trust")
+    p.add_argument("--allow-other-classes", action="store_true",
+                   help="load a checkpoint trained on another class list (MODEL.ALLOW_OTHER_CLASSES)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="modify config options using the command-line (KEY VALUE pairs)")
     return p
@@ -63,6 +65,7 @@ def cfg_from_args(args: argparse.Namespace):
         "MODEL.BACKBONE.NAME": args.backbone, "MODEL.HEAD.NAME": args.head,
         "SEED": args.seed if args.seed >= 0 else None,
         "MODEL.TRUST_CHECKPOINT": True if args.trust_checkpoint else None,
+        "MODEL.ALLOW_OTHER_CLASSES": True if args.allow_other_classes else None,
     }
     return setup_cfg(args.dataset_config_file, args.config_file, flags, args.opts or [])
 

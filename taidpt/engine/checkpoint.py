@@ -2,7 +2,9 @@
 ``checkpoint`` text file naming the latest file. Every file is written atomically.
 
 A checkpoint is a dict with ``state_dict``, ``epoch`` (the epoch to resume from), and optionally
-``optimizer``, ``scheduler`` and ``val_result``.
+``optimizer``, ``scheduler`` and ``val_result``; a trainer's also holds ``run`` (what describes
+the run: trainer, class names, backbone, N_CTX, CSC), ``rng`` (:func:`rng_state`) and
+``best_result``.
 """
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import collections
 import logging
 import os
 import pickle
+import random
+import re
 import shutil
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import lr_scheduler, Optimizer
@@ -27,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 POINTER_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
+# The temp name of taidpt.io.atomic_write: ".<name>.<uuid4 hex>.tmp".
+TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 
 # What a Dassl checkpoint pickles beyond tensors: its warm-up scheduler's state holds the successor
 # scheduler object, which holds its optimiser (state: a defaultdict of dicts). Rebuilding these
@@ -145,12 +152,8 @@ def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
             "unpickling runs whatever the file contains).") from None
 
 
-def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Optimizer] = None,
-                           scheduler: Optional[LRScheduler] = None, trust: bool = False) -> int:
-    """Restore the latest checkpoint of ``fdir`` (named by its ``checkpoint`` file); returns the
-    epoch to start from. Model keys must match exactly; optimizer / scheduler are restored if given.
-    ``trust``: see :func:`load_checkpoint`.
-    """
+def latest_checkpoint(fdir: str) -> str:
+    """The checkpoint file named by ``fdir/checkpoint`` (the latest one saved)."""
     pointer = os.path.join(os.fspath(fdir), POINTER_FILE)
     if not os.path.isfile(pointer):
         raise FileNotFoundError(
@@ -158,16 +161,80 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Opti
             "checkpoint. Point RESUME at a directory written by save_checkpoint (e.g. "
             "'<OUTPUT_DIR>/prompt_learner'), or leave RESUME empty to start from scratch.")
     with open(pointer, encoding="utf-8") as file:
-        fpath = os.path.join(os.fspath(fdir), file.readline().strip())
+        return os.path.join(os.fspath(fdir), file.readline().strip())
+
+
+def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[Optimizer] = None,
+                           scheduler: Optional[LRScheduler] = None, trust: bool = False) -> int:
+    """Restore the latest checkpoint of ``fdir`` (named by its ``checkpoint`` file); returns the
+    epoch to start from. Model keys must match exactly; optimizer / scheduler are restored if given.
+    ``trust``: see :func:`load_checkpoint`. (Dassl's function; trainers resume with
+    ``TrainerBase.resume_model_if_exist``, which also restores the RNGs.)
+    """
+    fpath = latest_checkpoint(fdir)
     checkpoint = load_checkpoint(fpath, trust=trust)
     model.load_state_dict(checkpoint["state_dict"])
+    restore_optimisation(checkpoint, optimizer, scheduler)
+    start_epoch = int(checkpoint["epoch"])
+    logger.info("Resumed from %s: starting at epoch %d", fpath, start_epoch)
+    return start_epoch
+
+
+def restore_optimisation(checkpoint: Mapping[str, Any], optimizer: Optional[Optimizer],
+                         scheduler: Optional[LRScheduler]) -> None:
+    """Load the checkpoint's optimiser / scheduler state into those given (when both exist)."""
     if optimizer is not None and checkpoint.get("optimizer") is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         scheduler.load_state_dict(checkpoint["scheduler"])
-    start_epoch = int(checkpoint["epoch"])
-    logger.info("Resumed from %s: starting at epoch %d", fpath, start_epoch)
-    return start_epoch
+
+
+def rng_state(generators: Mapping[str, torch.Generator]) -> Dict[str, Any]:
+    """Every RNG a run draws from, as plain data and tensors (``weights_only`` loads it): Python's,
+    NumPy's, torch's CPU and CUDA ones, and ``generators`` (e.g. each data loader's shuffle
+    generator) by name."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": {n: g.get_state() for n, g in generators.items()}}
+
+
+def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator]) -> None:
+    """Set every RNG back to :func:`rng_state`'s ``state``; a generator or CUDA state the
+    checkpoint lacks is logged (the run then continues, not bit for bit)."""
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            logger.warning("The checkpoint holds %d CUDA RNG states for %d devices: CUDA draws "
+                           "are not restored", len(state["cuda"]), torch.cuda.device_count())
+    for n, generator in generators.items():
+        if n in state["generators"]:
+            generator.set_state(state["generators"][n])
+        else:
+            logger.warning("The checkpoint holds no state of the %s generator: its draws restart "
+                           "from the seed", n)
+
+
+def remove_stale_temp_files(directory: str) -> List[str]:
+    """Remove the temp files a killed :func:`taidpt.io.atomic_write` left in ``directory`` (only
+    names of its ``.<name>.<uuid>.tmp`` pattern, not recursive), and the directory itself when
+    that leaves it empty; returns the removed paths."""
+    if not os.path.isdir(directory):
+        return []
+    removed = [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if TEMP_FILE.match(n)]
+    for path in removed:
+        os.remove(path)
+    if removed and not os.listdir(directory):
+        os.rmdir(directory)
+        removed.append(directory)
+    return removed
 
 
 def load_pretrained_weights(model: nn.Module, path: str,

@@ -74,6 +74,9 @@ def get_engine_defaults() -> CN:
     # Load checkpoints with full unpickling, which runs any code they hold (--trust-checkpoint).
     # Off: only tensors, plain data and Dassl's optimiser / scheduler classes are rebuilt.
     _C.MODEL.TRUST_CHECKPOINT = False
+    # Load a checkpoint trained on another class list (evaluation, INIT_WEIGHTS; logged). Resume
+    # always refuses one (--allow-other-classes).
+    _C.MODEL.ALLOW_OTHER_CLASSES = False
     _C.MODEL.BACKBONE = CN()
     _C.MODEL.BACKBONE.NAME = "RN50"
     _C.MODEL.BACKBONE.PATH = ""  # a CLIP file (JIT archive or state dict); overrides NAME lookup
@@ -101,7 +104,7 @@ def get_engine_defaults() -> CN:
     _C.OPTIM.WARMUP_RECOUNT = True
 
     _C.TRAIN = CN()
-    _C.TRAIN.CHECKPOINT_FREQ = 0
+    _C.TRAIN.CHECKPOINT_FREQ = 1  # save every N epochs (and the last); 0: the last only
     _C.TRAIN.PRINT_FREQ = 10
     _C.TRAIN.COUNT_ITER = "train_x"
 

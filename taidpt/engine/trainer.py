@@ -13,13 +13,34 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from taidpt.engine.checkpoint import load_checkpoint, resume_from_checkpoint, save_checkpoint
+from taidpt.engine.checkpoint import (POINTER_FILE, latest_checkpoint, load_checkpoint,
+                                      remove_stale_temp_files, restore_optimisation,
+                                      restore_rng_state, rng_state, save_checkpoint)
 from taidpt.engine.data import DataManager
 from taidpt.engine.evaluator import SPLITS, build_evaluator, relative_image_id
 from taidpt.engine.utils import MetricMeter
 from taidpt.io import atomic_write
 
 logger = logging.getLogger(__name__)
+
+
+def _describe(value) -> str:
+    """A metadata value for a message: class lists by count and first names."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} classes [{', '.join(map(str, value[:5]))}, ...]"
+    if isinstance(value, list):
+        return f"{len(value)} classes [{', '.join(map(str, value))}]"
+    return repr(value)
+
+
+def _difference(key: str, theirs, ours) -> str:
+    """``key: checkpoint <value>, this run <value>``; for lists also the first differing entry."""
+    text = f"{key}: checkpoint {_describe(theirs)}, this run {_describe(ours)}"
+    if isinstance(theirs, list) and isinstance(ours, list):
+        first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
+        if first is not None:
+            text += f" (first difference at {first}: {theirs[first]!r} vs {ours[first]!r})"
+    return text
 
 
 class TrainerBase:
@@ -35,7 +56,9 @@ class TrainerBase:
         self.epoch = 0
         self.start_epoch = 0
         self.max_epoch = 0
+        self.best_result = -float("inf")
         self.trust_checkpoint = False  # MODEL.TRUST_CHECKPOINT: full unpickling (runs code)
+        self.allow_other_classes = False  # MODEL.ALLOW_OTHER_CLASSES: load another class list
 
     # --- models -------------------------------------------------------------------------
     def register_model(self, name: str, model: nn.Module, optim=None, sched=None) -> None:
@@ -96,26 +119,54 @@ class TrainerBase:
         self.model_update(names)
 
     # --- checkpoints ----------------------------------------------------------------------
+    def run_metadata(self) -> Dict[str, object]:
+        """What a checkpoint records of its run, checked on load and on resume."""
+        return {"trainer": type(self).__name__}
+
+    def rng_generators(self) -> Dict[str, torch.Generator]:
+        """The named generators (beyond the global RNGs) a checkpoint saves and resume restores."""
+        return {}
+
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
                    val_result: Optional[float] = None) -> None:
+        """One checkpoint per model: its state, optimiser and scheduler, and what resuming needs
+        to continue bit for bit (``epoch + 1``, every RNG, the best val result)."""
+        run, rng = self.run_metadata(), rng_state(self.rng_generators())
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint({"state_dict": self._models[name].state_dict(), "epoch": epoch + 1,
                              "optimizer": optim.state_dict() if optim is not None else None,
                              "scheduler": sched.state_dict() if sched is not None else None,
-                             "val_result": val_result},
+                             "val_result": val_result, "run": run, "rng": rng,
+                             "best_result": self.best_result},
                             os.path.join(directory, name), is_best=is_best)
 
     def resume_model_if_exist(self, directory: str) -> int:
+        """Resume every model from its latest checkpoint in ``directory/<name>/``; returns the
+        epoch to start from (0: no checkpoint there). A run setting that differs from the
+        checkpoint's is an error; the RNGs continue where the checkpoint left them."""
         names = self.get_model_names()
-        if not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+        found = [n for n in names if os.path.isfile(os.path.join(directory, n, POINTER_FILE))]
+        if not found:
             return 0
+        if len(found) < len(names):
+            raise FileNotFoundError(
+                f"Cannot resume from {directory}: it holds checkpoints of {found} but not of "
+                f"{[n for n in names if n not in found]}; give the OUTPUT_DIR of a complete run.")
         logger.info("Found checkpoints in %s: resuming", directory)
-        start = 0
         for name in names:
-            start = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
-                                           self._optims[name], self._scheds[name],
-                                           trust=self.trust_checkpoint)
+            path = latest_checkpoint(os.path.join(directory, name))
+            checkpoint = self._read_checkpoint(path, "Checkpoint", resume=True)
+            self._load_state(name, checkpoint, path, "Checkpoint")
+            restore_optimisation(checkpoint, self._optims[name], self._scheds[name])
+        if checkpoint.get("rng") is None:
+            logger.warning("%s holds no RNG state (an older or Dassl checkpoint): the resumed run "
+                           "is not bit for bit the uninterrupted one", path)
+        else:
+            restore_rng_state(checkpoint["rng"], self.rng_generators())
+        self.best_result = checkpoint.get("best_result", self.best_result)
+        start = int(checkpoint["epoch"])
+        logger.info("Resumed from %s: starting at epoch %d", path, start + 1)
         return start
 
     def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
@@ -140,7 +191,8 @@ class TrainerBase:
                 raise FileNotFoundError(
                     f"No checkpoint at {path}. --model-dir must be the OUTPUT_DIR of a training run "
                     f"(holding {name}/model.pth.tar-<epoch>); pass --load-epoch to pick an epoch.")
-            self._load_state(name, path, "Checkpoint")
+            checkpoint = self._read_checkpoint(path, "Checkpoint")
+            self._load_state(name, checkpoint, path, "Checkpoint")
 
     def init_weights(self, path: str) -> None:
         """``MODEL.INIT_WEIGHTS``: initialise the trained model (the first registered one with an
@@ -154,14 +206,43 @@ class TrainerBase:
             raise FileNotFoundError(
                 f"MODEL.INIT_WEIGHTS: no file at {path}; give a checkpoint file of a training run, "
                 f"e.g. OUTPUT_DIR/{trained[0]}/model.pth.tar-<epoch> or model-best.pth.tar.")
-        self._load_state(trained[0], path, "MODEL.INIT_WEIGHTS checkpoint")
+        what = "MODEL.INIT_WEIGHTS checkpoint"
+        self._load_state(trained[0], self._read_checkpoint(path, what), path, what)
 
-    def _load_state(self, name: str, path: str, what: str) -> None:
-        """Load model ``name`` from the checkpoint file ``path`` (strict, bar the ignored keys)."""
+    def _read_checkpoint(self, path: str, what: str, resume: bool = False) -> dict:
+        """The trainer checkpoint at ``path``, its run metadata checked against this run's: on
+        resume any difference is an error; otherwise another class list needs
+        ``MODEL.ALLOW_OTHER_CLASSES`` and other differences are logged."""
         checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ValueError(f"{what} {path} is not a trainer checkpoint (a dict with a "
                              "'state_dict'): give a model.pth.tar-<epoch> or model-best.pth.tar file.")
+        theirs = checkpoint.get("run")
+        if theirs is None:
+            logger.info("%s %s holds no run metadata (an older taidpt or a Dassl checkpoint): its "
+                        "trainer, class names, backbone, N_CTX and CSC are not checked", what, path)
+            return checkpoint
+        ours = self.run_metadata()
+        differences = {key: (theirs[key], value) for key, value in ours.items()
+                       if key in theirs and theirs[key] != value}
+        described = "; ".join(_difference(key, a, b) for key, (a, b) in differences.items())
+        if resume and differences:
+            raise ValueError(f"Cannot resume from {path}: the run differs from the checkpoint's "
+                             f"({described}). Resume with the checkpoint's settings, or train into "
+                             "another --output-dir.")
+        if "classnames" in differences and not self.allow_other_classes:
+            raise ValueError(f"{what} {path} was trained on other classes ({described}). To use "
+                             "its prompts on this class list anyway, pass --allow-other-classes "
+                             "(MODEL.ALLOW_OTHER_CLASSES True).")
+        if differences:
+            logger.warning("%s %s comes from another run setting (%s)%s", what, path, described,
+                           ": loading it on this class list (MODEL.ALLOW_OTHER_CLASSES)"
+                           if "classnames" in differences else "")
+        return checkpoint
+
+    def _load_state(self, name: str, checkpoint: dict, path: str, what: str) -> None:
+        """Load model ``name`` from ``checkpoint`` (read from ``path``): strict, bar the ignored
+        keys (the token buffers, rebuilt from this run's class names)."""
         state = {k: v for k, v in checkpoint["state_dict"].items()
                  if k not in self.ignored_checkpoint_keys}
         own = self._models[name].state_dict()
@@ -237,9 +318,9 @@ class SimpleTrainer(TrainerBase):
         self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
         self.output_dir = cfg.OUTPUT_DIR
         self.trust_checkpoint = cfg.MODEL.TRUST_CHECKPOINT
+        self.allow_other_classes = cfg.MODEL.ALLOW_OTHER_CLASSES
         self.start_epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
-        self.best_result = -float("inf")
         self.build_data_loader()
         self.build_model()
         if cfg.MODEL.INIT_WEIGHTS:
@@ -282,12 +363,48 @@ class SimpleTrainer(TrainerBase):
     def build_model(self) -> None:
         raise NotImplementedError
 
+    def run_metadata(self) -> Dict[str, object]:
+        """Trainer, class names, backbone (``MODEL.BACKBONE.PATH`` or ``NAME``) and the trainer
+        node's ``N_CTX`` / ``CSC`` (None where it has none)."""
+        node = self.cfg.TRAINER.get(type(self).__name__.upper()) or {}
+        backbone = self.cfg.MODEL.BACKBONE
+        return {"trainer": type(self).__name__, "classnames": list(self.classnames),
+                "backbone": backbone.PATH or backbone.NAME, "n_ctx": node.get("N_CTX"),
+                "csc": node.get("CSC")}
+
+    def rng_generators(self) -> Dict[str, torch.Generator]:
+        """The shuffle / worker-seed generators of the train, val and test loaders (those seeded
+        by ``SEED``; unseeded loaders draw from torch's global RNG, saved anyway)."""
+        loaders = {"train_loader_x": self.train_loader_x, "val_loader": self.val_loader,
+                   "test_loader": self.test_loader}
+        return {name: loader.generator for name, loader in loaders.items()
+                if getattr(loader, "generator", None) is not None}
+
     def train(self) -> None:  # noqa: D102 - Dassl signature
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self) -> None:
-        directory = self.cfg.RESUME or self.output_dir
-        self.start_epoch = self.resume_model_if_exist(directory)
+        """Remove what a killed write left in OUTPUT_DIR, then resume: from ``RESUME`` (a
+        directory without checkpoints is an error unless it is OUTPUT_DIR), else from OUTPUT_DIR
+        when it holds checkpoints (Dassl's resume-if-exists)."""
+        names = self.get_model_names()
+        for folder in (self.output_dir, *(os.path.join(self.output_dir, n) for n in names)):
+            for path in remove_stale_temp_files(folder):
+                logger.warning("Removed %s, left by an interrupted write", path)
+        resume = self.cfg.RESUME
+        own = not resume or os.path.realpath(resume) == os.path.realpath(self.output_dir)
+        self.start_epoch = self.resume_model_if_exist(resume or self.output_dir)
+        if self.start_epoch == 0 and not own:
+            expected = ", ".join(os.path.join(resume, n, POINTER_FILE) for n in names)
+            hint = (f" {resume} looks like a model folder: give its parent "
+                    f"{os.path.dirname(os.path.abspath(resume))}."
+                    if os.path.isfile(os.path.join(resume, POINTER_FILE)) else "")
+            raise FileNotFoundError(
+                f"RESUME (--resume) {resume} holds no checkpoint ({expected} missing): give the "
+                f"OUTPUT_DIR of an earlier run, or leave --resume empty to train from scratch."
+                f"{hint}")
+        if self.start_epoch == 0 and self.trained_model_names():
+            logger.info("No checkpoint in %s: training from scratch", resume or self.output_dir)
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 

@@ -1,0 +1,111 @@
+"""Issue-12 acceptance: a run SIGKILLed during a checkpoint write and again mid-epoch 3, then
+resumed, ends bit for bit where the uninterrupted run ends; nothing of the killed writes remains."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fake_data import write_image_list
+from taidpt.engine.checkpoint import TEMP_FILE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["cat", "dog", "car"]
+SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
+CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
+            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
+            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
+            "the carpet is blue"]
+
+# Runs train.py's main in a child that SIGKILLs itself at a fixed point (test-side patches only):
+# "write": inside the write of the epoch-2 checkpoint, once its bytes are in the temp file;
+# "epoch3": when epoch 3 logs its second batch; "none": runs to the end.
+CHILD = r"""
+import logging, os, signal, sys
+import torch
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mode = sys.argv[1]
+if mode == "write":
+    save = torch.save
+    def save_then_die(obj, f, *args, **kwargs):
+        save(obj, f, *args, **kwargs)
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            f.flush()
+            die()
+    torch.save = save_then_die
+elif mode == "epoch3":
+    class KillOnEpoch3(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("epoch [3/4] batch [2/"):
+                die()
+    logging.getLogger("taidpt.engine.trainer").addHandler(KillOnEpoch3())
+from taidpt.cli.train import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run(mode, flags, opts, cwd):
+    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-c", CHILD, mode, *flags, *opts], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _temp_files(folder):
+    return [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names if TEMP_FILE.match(n)]
+
+
+def _state(out, epoch):
+    return torch.load(out / "prompt_learner" / f"model.pth.tar-{epoch}", weights_only=True)
+
+
+@pytest.mark.slow
+def test_killed_twice_and_resumed_equals_the_uninterrupted_run(tmp_path, tiny_clip_file):
+    root = tmp_path / "data"
+    write_image_list(str(root), CLASSES, n=8, synonyms=SYNONYMS, size=64)
+    (root / "captions.txt").write_text("\n".join(CAPTIONS * 4) + "\n")
+    args = ["--trainer", "TaIDPT", "--root", str(root), "--seed", "1",
+            "--dataset-config-file", os.path.join(REPO, "configs/datasets/image_list.yaml"),
+            "--config-file", os.path.join(REPO, "configs/trainers/TaIDPT/rn50_voc2007_debug.yaml")]
+    opts = ["MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(64, 64)",
+            "DATASET.CAPTIONS.SOURCE", "text", "DATASET.CAPTIONS.PATH", "captions.txt",
+            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.LR", "0.01",
+            "DATASET.CAPTIONS.TEMPLATES", "False",
+            "OPTIM.MAX_EPOCH", "4", "TRAIN.PRINT_FREQ", "1", "TRAINER.TAIDPT.N_CTX", "4"]
+    reference, out = tmp_path / "reference", tmp_path / "out"
+
+    done = _run("none", [*args, "--output-dir", str(reference)], opts, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    killed = _run("write", [*args, "--output-dir", str(out)], opts, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    (left,) = _temp_files(out)  # the epoch-2 checkpoint, never renamed
+    assert os.path.basename(left).startswith(".model.pth.tar-2.") and os.path.getsize(left) > 0
+    assert (out / "prompt_learner" / "checkpoint").read_text() == "model.pth.tar-1\n"
+
+    killed = _run("epoch3", [*args, "--output-dir", str(out)], opts, tmp_path)  # resume-if-exists
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "Removed " in killed.stdout and "resuming" in killed.stdout
+    assert (out / "prompt_learner" / "checkpoint").read_text() == "model.pth.tar-2\n"
+    assert not _temp_files(out)
+
+    resumed = _run("none", [*args, "--output-dir", str(out), "--resume", str(out)], opts,
+                   tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "starting at epoch 3" in resumed.stdout
+    for epoch in (2, 3, 4):
+        expected, got = _state(reference, epoch), _state(out, epoch)
+        for key, value in expected["state_dict"].items():
+            assert torch.equal(got["state_dict"][key], value), (epoch, key)
+        assert got["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+        for index, buffers in expected["optimizer"]["state"].items():
+            assert torch.equal(got["optimizer"]["state"][index]["momentum_buffer"],
+                               buffers["momentum_buffer"]), epoch
+    results = [json.loads((run / "results_test.json").read_text())["results"] for run in (reference, out)]
+    assert results[0] == results[1]
+    assert not _temp_files(out)
