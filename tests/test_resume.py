@@ -9,16 +9,8 @@ import sys
 import pytest
 import torch
 
-from fake_data import write_image_list
+from fake_data import REPO, TOY_CAPTIONS, TOY_CLASSES, TOY_SYNONYMS, write_image_list
 from taidpt.engine.checkpoint import TEMP_FILE
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ["cat", "dog", "car"]
-SYNONYMS = [["cat", "kitten"], ["dog", "puppy"], ["car", "automobile"]]
-CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red car parked outside",
-            "a kitten and a puppy", "a dog chasing a car", "cars on a highway at night",
-            "a cat watching a dog", "an automobile near a house", "a puppy in the grass",
-            "the carpet is blue"]
 
 # Runs train.py's main in a child that SIGKILLs itself at a fixed point (test-side patches only):
 # "write": inside the write of the epoch-2 checkpoint, once its bytes are in the temp file;
@@ -67,8 +59,8 @@ def _state(out, epoch):
 @pytest.mark.slow
 def test_killed_twice_and_resumed_equals_the_uninterrupted_run(tmp_path, tiny_clip_file):
     root = tmp_path / "data"
-    write_image_list(str(root), CLASSES, n=8, synonyms=SYNONYMS, size=64)
-    (root / "captions.txt").write_text("\n".join(CAPTIONS * 4) + "\n")
+    write_image_list(str(root), TOY_CLASSES, n=8, synonyms=TOY_SYNONYMS, size=64)
+    (root / "captions.txt").write_text("\n".join(TOY_CAPTIONS * 4) + "\n")
     args = ["--trainer", "TaIDPT", "--root", str(root), "--seed", "1",
             "--dataset-config-file", os.path.join(REPO, "configs/datasets/image_list.yaml"),
             "--config-file", os.path.join(REPO, "configs/trainers/TaIDPT/rn50_voc2007_debug.yaml")]
@@ -98,6 +90,8 @@ def test_killed_twice_and_resumed_equals_the_uninterrupted_run(tmp_path, tiny_cl
                    tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "starting at epoch 3" in resumed.stdout
+    assert _state(out, 4)["run"] == {"trainer": "TaIDPT", "classnames": TOY_CLASSES,
+                                     "backbone": tiny_clip_file, "n_ctx": 4, "csc": False}
     for epoch in (2, 3, 4):
         expected, got = _state(reference, epoch), _state(out, epoch)
         for key, value in expected["state_dict"].items():
