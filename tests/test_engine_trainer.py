@@ -275,3 +275,20 @@ def test_checkpoints_without_metadata_still_load_and_resume(tmp_path, trainer_lo
     resumed.before_train()
     resumed.close_writer()
     assert resumed.start_epoch == 1 and "holds no RNG state" in trainer_log()
+
+
+def test_console_log_follows_a_replaced_stdout(monkeypatch):
+    """A harness may swap and close sys.stdout after set-up: logs go to the current one."""
+    import io
+    import logging
+
+    from taidpt.engine.utils import setup_logger
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stdout", first)
+    setup_logger("")
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stdout", second)
+    first.close()
+    logging.getLogger("taidpt.test").info("after the swap")
+    assert "after the swap" in second.getvalue()

@@ -50,6 +50,22 @@ class MetricMeter:
         return " ".join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in self.meters.items())
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stdout`` is when a record is emitted (a host or a test
+    harness may replace and close the stream that was current at set-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logger(output_dir: str = "", level: int = logging.INFO) -> logging.Logger:
     """Log ``taidpt.*`` to stdout and, when ``output_dir`` is given, to ``output_dir/log.txt``."""
     logger = logging.getLogger("taidpt")
@@ -59,7 +75,7 @@ def setup_logger(output_dir: str = "", level: int = logging.INFO) -> logging.Log
         logger.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    stream = _StdoutHandler()
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if output_dir:
