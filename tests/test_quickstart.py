@@ -1,12 +1,21 @@
 """Issue-4 integration: the quickstart pipeline (reduced world, short runs) end to end."""
 import json
 import os
+import resource
 import subprocess
 import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A limit that does not depend on how loaded the machine is: CPU seconds, per process of the run;
+# the wall-clock limit only guards against a hang.
+CPU_SECONDS = 1800
+HANG_SECONDS = 4 * 3600
+
+
+def _limit_cpu():
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
 
 
 @pytest.mark.slow
@@ -14,7 +23,8 @@ def test_quickstart_quick_completes_and_writes_the_table(tmp_path):
     out = tmp_path / "qs"
     env = dict(os.environ, TAIDPT_OFFLINE="1", TAIDPT_CACHE=str(tmp_path / "cache"))
     run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "quickstart.py"), "--quick",
-                          "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=1200)
+                          "--output-dir", str(out)], env=env, capture_output=True, text=True,
+                         preexec_fn=_limit_cpu, timeout=HANG_SECONDS)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for name in ("table.md", "table.csv", "map.png", "results.json"):
         assert (out / name).is_file(), name
