@@ -126,9 +126,10 @@ def taidpt_cfg(host_cfg: CN, host_defaults: Optional[Dict[str, Any]] = None) -> 
     """The frozen taidpt config for a host (Dassl) config: taidpt's defaults, then every host
     value of a key taidpt knows (``TRAINER.<ALIAS>.*`` read as the trainer's own node), except the
     :data:`CLIP_DEFAULT_KEYS` still at Dassl's default (``host_defaults``: dotted key -> Dassl's
-    stock value; default: those :func:`install` recorded). Host-only keys (Dassl's semi-supervised
+    stock value; default: those :func:`install` recorded), checked by
+    :func:`taidpt.config.check_values`. Host-only keys (Dassl's semi-supervised
     settings, CoOp's ``TRAINER.COOP``) do not reach our trainers."""
-    from taidpt.config import get_cfg_default
+    from taidpt.config import check_values, get_cfg_default
 
     host_defaults = _HOST_DEFAULTS if host_defaults is None else host_defaults
     cfg = get_cfg_default()
@@ -145,6 +146,7 @@ def taidpt_cfg(host_cfg: CN, host_defaults: Optional[Dict[str, Any]] = None) -> 
                         key, value, known[key])
             continue
         _set(cfg, key, value)
+    check_values(cfg)  # the ranges and fixed sets our own train.py checks
     cfg.freeze()
     return cfg
 

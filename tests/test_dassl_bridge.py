@@ -119,6 +119,15 @@ def test_taidpt_cfg_replaces_dassls_clip_defaults_only(fake_dassl):
     assert user.INPUT.PIXEL_MEAN == [0.5, 0.5, 0.5] and user.MODEL.BACKBONE.NAME == "RN101"
 
 
+def test_taidpt_cfg_checks_values_as_our_train_py_does(fake_dassl):
+    from taidpt.config import ConfigValueError
+
+    dassl_bridge.install()
+    with pytest.raises(ConfigValueError, match=r"TRAINER.TAIDPT.GL_MERGE_RATE must lie in \[0, 1\]"):
+        dassl_bridge.taidpt_cfg(host_cfg(fake_dassl, "TRAINER.NAME", "Caption_distill_double",
+                                         "TRAINER.CAPTION_DISTILL_DOUBLE.GL_MERGE_RATE", 7.0))
+
+
 class Recorder:
     """A trainer stand-in recording what it is given."""
 
