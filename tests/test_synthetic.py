@@ -269,7 +269,7 @@ def test_cli_prints_the_paths(tmp_path, capsys):
                               "--num-test", "12", "--num-val", "6", "--num-train", "8", "--no-clip", "--json",
                               "--cache-dir", str(tmp_path)])
     assert args.func(args) == 0
-    paths = json.loads(capsys.readouterr().out)
+    paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after any log lines
     assert Path(paths["world"]) == build_world(SMALL, str(tmp_path)) and Path(paths["captions"]).is_file()
 
 

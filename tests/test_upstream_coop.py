@@ -36,8 +36,8 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_LINE = "import taidpt.dassl_plugin  # noqa: F401\n"
 # What ``import dassl.engine`` needs beyond taidpt's own dependencies (Dassl's evaluation imports
-# scikit-learn; its domain-generalisation datasets import pandas and wilds).
-DASSL_IMPORT_DEPS = ("scikit-learn", "pandas")
+# scikit-learn; its datasets import gdown, and its domain-generalisation ones pandas and wilds).
+DASSL_IMPORT_DEPS = ("scikit-learn", "pandas", "gdown")
 # The runs of each script: our train.py, CoOp's train.py, Dassl's tools/train.py. Through Dassl
 # the alias run is the training run (the harder case: clean_cfg keeps only
 # TRAINER.CAPTION_DISTILL_DOUBLE); each eval-only run loads TRAINED_BY[host].
