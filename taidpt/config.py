@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from taidpt.engine.defaults import FINAL_MODELS, get_engine_defaults
 from taidpt.engine.evaluator import SPLITS
 from taidpt.engine.optim import LR_SCHEDULERS, OPTIMIZERS, WARMUP_TYPES
 from taidpt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
-from taidpt.losses import _DOUBLE_LOSSES, KNOWN_LABEL_LOSSES
+from taidpt.losses import DOUBLE_LOSSES, KNOWN_LABEL_LOSSES
 from taidpt.metrics import DIFFICULT_MODES
 from taidpt.models.precision import PRECISIONS
 from taidpt.models.prompts import CLASS_TOKEN_POSITIONS
@@ -131,6 +132,17 @@ def _reference_dataset(value: Any, seen: Dict[str, Any]) -> List[Tuple[str, Any]
     return REFERENCE_DATASETS.get(str(value), []) + [("DATASET.NAME", value)]
 
 
+def _reference_value(key: str, ours: str, values: Dict[str, str], value: Any,
+                     seen: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """A reference key whose values are names of the reference's meaning -> our key with the name
+    of ours (a trainer's ``reference_values``, e.g. ``TRAIN.LOSSFUNC ranking`` ->
+    ``TRAINER.TAIDPT.LOSS ranking_scale2``); an unknown value names both keys."""
+    if value not in values:
+        raise ConfigValueError(f"{key} (reference key) must be one of {', '.join(values)}, got "
+                               f"{value!r}; or set our {ours} ({', '.join(sorted(set(values.values())))}, ...).")
+    return [(ours, values[value])]
+
+
 # Reference (authors' code) keys that mean the same for every trainer -> our key or handling.
 GENERAL_KEY_ALIASES: Dict[str, Alias] = {
     "DATASET.partial_prob": "DATASET.PARTIAL_PROB",
@@ -157,10 +169,12 @@ def reference_key_aliases(trainer_name: str = "") -> Dict[str, Alias]:
     ``TRAINER.DUALCOOP`` for ``Caption_dual``); a key another trainer reads and this one does not
     is ignored. An empty or unknown name, or a trainer without reference keys of its own
     (``ZeroshotCLIP_dense`` reads the same files), uses those of :data:`DEFAULT_REFERENCE_TRAINER`."""
-    own = {}
-    if trainer_name in TRAINER_REGISTRY:
-        own = getattr(TRAINER_REGISTRY.get(trainer_name), "reference_key_aliases", {})
-    own = own or TRAINER_REGISTRY.get(DEFAULT_REFERENCE_TRAINER).reference_key_aliases
+    trainer = TRAINER_REGISTRY.get(trainer_name) if trainer_name in TRAINER_REGISTRY else None
+    if not getattr(trainer, "reference_key_aliases", {}):
+        trainer = TRAINER_REGISTRY.get(DEFAULT_REFERENCE_TRAINER)
+    own: Dict[str, Alias] = dict(trainer.reference_key_aliases)
+    for key, values in getattr(trainer, "reference_values", {}).items():
+        own[key] = Translated(functools.partial(_reference_value, key, own[key], values))
     readers: Dict[str, List[str]] = {}
     for name in TRAINER_REGISTRY.registered_names():
         for key in getattr(TRAINER_REGISTRY.get(name), "reference_key_aliases", {}):
@@ -347,7 +361,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "OPTIM.WARMUP_TYPE": WARMUP_TYPES,
     "TRAINER.*.PREC": PRECISIONS,
     "TRAINER.*.CLASS_TOKEN_POSITION": CLASS_TOKEN_POSITIONS,
-    "TRAINER.TAIDPT.LOSS": tuple(_DOUBLE_LOSSES),
+    "TRAINER.TAIDPT.LOSS": tuple(DOUBLE_LOSSES),
     "TRAINER.DUALCOOP.LOSS": DUALCOOP_LOSSES,
     "TRAINER.COOPML.LOSS": KNOWN_LABEL_LOSSES,
     "TRAINER.COCOOPML.LOSS": KNOWN_LABEL_LOSSES,

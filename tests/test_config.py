@@ -184,7 +184,7 @@ def test_every_checked_pattern_names_real_keys_and_the_defaults_pass():
     ("OPTIM.LR", "0", "(0, inf)"),
     ("DATALOADER.TRAIN_X.BATCH_SIZE", "0", "[1, inf)"),
     ("DATALOADER.TEST.BATCH_SIZE", "-3", "[1, inf)"),
-    ("TRAINER.TAIDPT.LOSS", "focal", "double_ranking, ranking, bce, asl"),
+    ("TRAINER.TAIDPT.LOSS", "sigmoid", "double_ranking, ranking, bce, asl, ranking_scale2, asl_mean, focal"),
     ("TRAINER.DUALCOOP.LOSS", "ranking", "asl, fewshot"),
     ("TRAINER.COOPML.PREC", "bf16", "fp32, fp16, amp"),
     ("TRAINER.DUALCOOP.CLASS_TOKEN_POSITION", "start", "end, middle, front"),

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taidpt.losses import LOSSES, asl_loss, bce_loss, double_loss, ranking_loss
+from taidpt.config import ConfigValueError, setup_cfg
+from taidpt.losses import (LOSSES, REFERENCE_LOSSES, asl_loss, bce_loss, double_loss, focal_loss,
+                           ranking_loss)
 
 
 def _brute_force_ranking(logits, labels, margin):
@@ -69,7 +71,7 @@ def test_ranking_gradient():
     assert torch.autograd.gradcheck(lambda z: ranking_loss(z, labels), (logits,))
 
 
-@pytest.mark.parametrize("loss_fn", [ranking_loss, bce_loss, asl_loss])
+@pytest.mark.parametrize("loss_fn", [ranking_loss, bce_loss, asl_loss, focal_loss])
 def test_inputs_not_modified(loss_fn):
     logits, labels = _random_batch(4, values=(-1.0, 0.0, 1.0))
     logits_before, labels_before = logits.clone(), labels.clone()
@@ -135,12 +137,91 @@ def test_double_loss_dispatch(name, local_weight, loss_fn):
 
 
 def test_double_loss_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="double_ranking, ranking, bce, asl"):
-        double_loss("focal", torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="double_ranking, ranking, bce, asl, ranking_scale2"):
+        double_loss("sigmoid", torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
 
 
 def test_losses_registry():
-    assert LOSSES == {"ranking": ranking_loss, "bce": bce_loss, "asl": asl_loss}
+    assert LOSSES == {"ranking": ranking_loss, "bce": bce_loss, "asl": asl_loss, "focal": focal_loss}
+
+
+# The reference's TRAIN.LOSSFUNC values, computed by hand (plain Python loops over the entries) as
+# its Caption_distill_double defines them: "ranking" scales the logits by 2 inside the hinge and
+# trains the global branch only; "asl" averages over B x C on both branches.
+def _hand_reference_ranking(logits, labels):
+    return _brute_force_ranking(2 * logits, labels, 1.0)
+
+
+def _hand_reference_asl(logits, labels):
+    return _direct_asl(logits, labels, 2.0, 1.0, 0.05, 1e-8) / logits.shape[1]
+
+
+def _hand_focal(logits, labels, alpha=0.25, gamma=2.0):
+    total = 0.0
+    for z_row, y_row in zip(logits.tolist(), labels.tolist()):
+        for z, y in zip(z_row, y_row):
+            p = 1 / (1 + math.exp(-z))
+            p_t, a_t = (p, alpha) if y > 0 else (1 - p, 1 - alpha)
+            total -= a_t * (1 - p_t) ** gamma * math.log(p_t)
+    return total / logits.numel()
+
+
+def _hand_bce(logits, labels):
+    total = 0.0
+    for z_row, y_row in zip(logits.tolist(), labels.tolist()):
+        for z, y in zip(z_row, y_row):
+            p = 1 / (1 + math.exp(-z))
+            total -= math.log(p) if y > 0 else math.log(1 - p)
+    return total / logits.numel()
+
+
+HAND_REFERENCE = {  # the reference's TRAIN.LOSSFUNC -> (global, local) -> hand-computed loss
+    "double_ranking": lambda g, l, y: _brute_force_ranking(g, y, 1.0) + _brute_force_ranking(l, y, 1.0),
+    "ranking": lambda g, l, y: _hand_reference_ranking(g, y),
+    "sigmoid": lambda g, l, y: _hand_bce(g, y) + _hand_bce(l, y),
+    "focal": lambda g, l, y: _hand_focal(g, y),
+    "asl": lambda g, l, y: _hand_reference_asl(g, y) + _hand_reference_asl(l, y),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reference_name", sorted(HAND_REFERENCE))
+def test_reference_lossfunc_values_have_the_reference_meaning(reference_name, seed):
+    """TRAIN.LOSSFUNC (reference key) -> our TRAINER.TAIDPT.LOSS, whose loss equals the hand
+    computation of the reference's on random inputs."""
+    cfg = setup_cfg(opts=["TRAINER.NAME", "TaIDPT", "TRAIN.LOSSFUNC", reference_name])
+    ours = cfg.TRAINER.TAIDPT.LOSS
+    assert ours == REFERENCE_LOSSES[reference_name]
+    global_logits, labels = _random_batch(seed, batch=5, classes=7)
+    local_logits = torch.randn(global_logits.shape, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(seed + 10)) * 2
+    expected = HAND_REFERENCE[reference_name](global_logits, local_logits, labels)
+    got = double_loss(ours, global_logits, local_logits, labels).item()
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_reference_ranking_and_asl_differ_from_ours():
+    """The same words, other meanings: our ranking has no scale, our asl divides by B only."""
+    global_logits, labels = _random_batch(3, batch=6, classes=5)
+    local_logits = torch.zeros_like(global_logits)
+    ours = double_loss("ranking", global_logits, local_logits, labels).item()
+    assert ours == pytest.approx(_brute_force_ranking(global_logits, labels, 1.0), rel=1e-12)
+    assert ours != pytest.approx(_hand_reference_ranking(global_logits, labels), rel=1e-3)
+    ours_asl = asl_loss(global_logits, labels).item()
+    assert ours_asl == pytest.approx(5 * asl_loss(global_logits, labels, mean=True).item(), rel=1e-12)
+    assert ours_asl == pytest.approx(_direct_asl(global_logits, labels, 2.0, 1.0, 0.05, 1e-8), rel=1e-12)
+
+
+def test_own_loss_names_pass_unchanged_and_unknown_reference_values_are_named():
+    assert setup_cfg(opts=["TRAINER.TAIDPT.LOSS", "ranking"]).TRAINER.TAIDPT.LOSS == "ranking"
+    with pytest.raises(ConfigValueError, match="TRAIN.LOSSFUNC .*ranking_scale2"):
+        setup_cfg(opts=["TRAINER.NAME", "TaIDPT", "TRAIN.LOSSFUNC", "ranking_scale2"])
+
+
+def test_focal_gradient():
+    logits, labels = _random_batch(8)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, labels), (logits,))
 
 
 @pytest.mark.parametrize("name", ["bce", "asl"])

@@ -28,7 +28,7 @@ from taidpt.engine.data import seeded_generator
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
-from taidpt.losses import double_loss
+from taidpt.losses import REFERENCE_LOSSES, double_loss
 from taidpt.models import (PromptContext, PrecisionStep, Scale, TwoContextModel, check_precision,
                            load_backbone, spatial_pool)
 
@@ -170,6 +170,9 @@ class TaIDPT(SimpleTrainer):
         "TRAIN.spatial_SCALE_text": "TRAINER.TAIDPT.SPATIAL_SCALE_TEXT",
         "TRAIN.spatial_SCALE_image": "TRAINER.TAIDPT.SPATIAL_SCALE_IMAGE",
     }
+    # Reference keys whose values are translated too: TRAIN.LOSSFUNC names the reference's losses
+    # (its "ranking" and "asl" are our "ranking_scale2" and "asl_mean"; see taidpt.losses).
+    reference_values = {"TRAIN.LOSSFUNC": REFERENCE_LOSSES}
 
     @staticmethod
     def extend_cfg(cfg: CN) -> None:
@@ -181,7 +184,9 @@ class TaIDPT(SimpleTrainer):
         c.CLASS_TOKEN_POSITION = "end"  # end, middle or front
         c.PREC = "fp32"  # fp32, fp16 or amp
         c.GL_MERGE_RATE = 0.5  # test score = r * global + (1 - r) * local
-        c.LOSS = "double_ranking"  # double_ranking, ranking, bce or asl
+        # double_ranking (the paper's), ranking, bce, asl (sum / B), ranking_scale2, asl_mean
+        # (mean over B x C), focal: taidpt.losses.DOUBLE_LOSSES; TRAIN.LOSSFUNC takes the reference's
+        c.LOSS = "double_ranking"
         c.SPATIAL_SCALE_TEXT = 50.0  # softmax temperature over caption tokens
         c.SPATIAL_SCALE_IMAGE = 40.0  # softmax temperature over image positions
         c.LEARN_SCALE = False  # logit scale exp(temperature) instead of 4.0
