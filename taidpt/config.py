@@ -375,6 +375,8 @@ RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     "DATALOADER.*.BATCH_SIZE": (1, None, True, False),
     "DATALOADER.NUM_WORKERS": (0, None, True, False),
     "TRAIN.PRINT_FREQ": (1, None, True, False),
+    "TRAIN.CHECKPOINT_FREQ": (0, None, True, False),
+    "TRAIN.CHECKPOINT_ITER_FREQ": (0, None, True, False),
     "DATASET.PARTIAL_PROB": (0, 1, False, True),
     "TRAINER.*.GL_MERGE_RATE": (0, 1, True, True),
     "TRAINER.ENSEMBLE.RATE": (0, 1, True, True),

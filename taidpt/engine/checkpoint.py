@@ -4,7 +4,9 @@
 A checkpoint is a dict with ``state_dict``, ``epoch`` (the epoch to resume from), and optionally
 ``optimizer``, ``scheduler`` and ``val_result``; a trainer's also holds ``run`` (what describes
 the run: trainer, class names, backbone, N_CTX, CSC), ``rng`` (:func:`rng_state`) and
-``best_result``.
+``best_result``; a mid-epoch one (``model.pth.tar-<epoch>-batch<k>``) also ``batch`` (``k``
+batches of epoch ``epoch + 1`` done) and ``epoch_generators`` (the loader generators' states at
+that epoch's start).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ POINTER_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
 # The temp name of taidpt.io.atomic_write: ".<name>.<uuid4 hex>.tmp".
 TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+MID_EPOCH_FILE = re.compile(r"^model\.pth\.tar-\d+-batch\d+$")
 
 # What a Dassl checkpoint pickles beyond tensors: its warm-up scheduler's state holds the successor
 # scheduler object, which holds its optimiser (state: a defaultdict of dicts). Rebuilding these
@@ -234,6 +237,17 @@ def remove_stale_temp_files(directory: str) -> List[str]:
     if removed and not os.listdir(directory):
         os.rmdir(directory)
         removed.append(directory)
+    return removed
+
+
+def remove_mid_epoch_checkpoints(directory: str, keep: str = "") -> List[str]:
+    """Remove the mid-epoch checkpoints ``model.pth.tar-<epoch>-batch<k>`` of ``directory`` other
+    than ``keep`` (superseded by a later checkpoint); returns the removed paths."""
+    keep = os.path.basename(keep)
+    removed = [os.path.join(directory, n) for n in sorted(os.listdir(directory))
+               if MID_EPOCH_FILE.match(n) and n != keep]
+    for path in removed:
+        os.remove(path)
     return removed
 
 

@@ -105,6 +105,7 @@ def get_engine_defaults() -> CN:
 
     _C.TRAIN = CN()
     _C.TRAIN.CHECKPOINT_FREQ = 1  # save every N epochs (and the last); 0: the last only
+    _C.TRAIN.CHECKPOINT_ITER_FREQ = 0  # also save every N batches inside an epoch; 0: never
     _C.TRAIN.PRINT_FREQ = 10
     _C.TRAIN.COUNT_ITER = "train_x"
 

@@ -7,15 +7,16 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from taidpt.engine.checkpoint import (POINTER_FILE, latest_checkpoint, load_checkpoint,
-                                      remove_stale_temp_files, restore_optimisation,
-                                      restore_rng_state, rng_state, save_checkpoint)
+                                      remove_mid_epoch_checkpoints, remove_stale_temp_files,
+                                      restore_optimisation, restore_rng_state, rng_state,
+                                      save_checkpoint)
 from taidpt.engine.data import DataManager
 from taidpt.engine.evaluator import SPLITS, build_evaluator, relative_image_id
 from taidpt.engine.utils import MetricMeter
@@ -57,6 +58,9 @@ class TrainerBase:
         self.start_epoch = 0
         self.max_epoch = 0
         self.best_result = -float("inf")
+        self._resume_batches = 0  # batches of the resumed epoch done before a mid-epoch checkpoint
+        self._resume_rng: Optional[dict] = None  # that checkpoint's RNG state, set after skipping
+        self._epoch_generator_states: Dict[str, torch.Tensor] = {}
         self.trust_checkpoint = False  # MODEL.TRUST_CHECKPOINT: full unpickling (runs code)
         self.allow_other_classes = False  # MODEL.ALLOW_OTHER_CLASSES: load another class list
 
@@ -128,18 +132,31 @@ class TrainerBase:
         return {}
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
-                   val_result: Optional[float] = None) -> None:
+                   val_result: Optional[float] = None, batches_done: int = 0) -> None:
         """One checkpoint per model: its state, optimiser and scheduler, and what resuming needs
-        to continue bit for bit (``epoch + 1``, every RNG, the best val result)."""
+        to continue bit for bit (``epoch + 1``, every RNG, the best val result).
+
+        ``batches_done`` > 0: a mid-epoch checkpoint ``model.pth.tar-<epoch + 1>-batch<k>`` of
+        epoch ``epoch`` after ``k`` batches (``TRAIN.CHECKPOINT_ITER_FREQ``), which also holds the
+        loader generators' states at the start of the epoch (``epoch_generators``) so that resume
+        replays the epoch's order; it replaces the previous mid-epoch file."""
         run, rng = self.run_metadata(), rng_state(self.rng_generators())
+        extra: Dict[str, object] = {"epoch": epoch + 1}
+        if batches_done:
+            extra = {"epoch": epoch, "batch": batches_done,
+                     "epoch_generators": self._epoch_generator_states}
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint({"state_dict": self._models[name].state_dict(), "epoch": epoch + 1,
-                             "optimizer": optim.state_dict() if optim is not None else None,
-                             "scheduler": sched.state_dict() if sched is not None else None,
-                             "val_result": val_result, "run": run, "rng": rng,
-                             "best_result": self.best_result},
-                            os.path.join(directory, name), is_best=is_best)
+            folder = os.path.join(directory, name)
+            path = save_checkpoint(
+                {"state_dict": self._models[name].state_dict(), **extra,
+                 "optimizer": optim.state_dict() if optim is not None else None,
+                 "scheduler": sched.state_dict() if sched is not None else None,
+                 "val_result": val_result, "run": run, "rng": rng, "best_result": self.best_result},
+                folder, is_best=is_best,
+                model_name=f"model.pth.tar-{epoch + 1}-batch{batches_done}" if batches_done else "")
+            for older in remove_mid_epoch_checkpoints(folder, keep=path):
+                logger.debug("Removed %s, superseded by %s", older, path)
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Resume every model from its latest checkpoint in ``directory/<name>/``; returns the
@@ -166,7 +183,15 @@ class TrainerBase:
             restore_rng_state(checkpoint["rng"], self.rng_generators())
         self.best_result = checkpoint.get("best_result", self.best_result)
         start = int(checkpoint["epoch"])
-        logger.info("Resumed from %s: starting at epoch %d", path, start + 1)
+        self._resume_batches = int(checkpoint.get("batch", 0))
+        if self._resume_batches:
+            self._resume_rng = checkpoint["rng"]
+            restore_rng_state({**checkpoint["rng"], "generators": checkpoint["epoch_generators"]},
+                              self.rng_generators())
+            logger.info("Resumed from %s: continuing epoch %d after batch %d", path, start + 1,
+                        self._resume_batches)
+        else:
+            logger.info("Resumed from %s: starting at epoch %d", path, start + 1)
         return start
 
     def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
@@ -440,21 +465,64 @@ class SimpleTrainer(TrainerBase):
             raise RuntimeError(f"Dataset {self.cfg.DATASET.NAME} has no training data for trainer "
                                f"{self.cfg.TRAINER.NAME}")
         num_batches = len(loader)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False, disable=None)
+        batches, done = self._epoch_batches(loader)
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", total=num_batches,
+                   initial=done, leave=False, disable=None)
         start = time.time()
-        for self.batch_idx, batch in enumerate(bar):
+        iter_freq = self.cfg.TRAIN.CHECKPOINT_ITER_FREQ
+        for self.batch_idx, batch in enumerate(bar, start=done):
             meter.update(self.forward_backward(batch))
+            if iter_freq and (self.batch_idx + 1) % iter_freq == 0 and self.batch_idx + 1 < num_batches:
+                self.save_model(self.epoch, self.output_dir, batches_done=self.batch_idx + 1)
             step = self.epoch * num_batches + self.batch_idx
             for name, m in meter.meters.items():
                 self.write_scalar(f"train/{name}", m.val, step)
             self.write_scalar("train/lr", self.get_current_lr(), step)
             if (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0 or self.batch_idx + 1 == num_batches:
                 left = (num_batches - self.batch_idx - 1) + (self.max_epoch - self.epoch - 1) * num_batches
-                eta = datetime.timedelta(seconds=int((time.time() - start) / (self.batch_idx + 1) * left))
+                eta = datetime.timedelta(seconds=int((time.time() - start) / (self.batch_idx + 1 - done) * left))
                 logger.info("epoch [%d/%d] batch [%d/%d] %s lr %.4e eta %s", self.epoch + 1,
                             self.max_epoch, self.batch_idx + 1, num_batches, meter,
                             self.get_current_lr(), eta)
         self.update_lr()
+
+    def _epoch_batches(self, loader) -> Tuple[Iterator, int]:
+        """The epoch's batch iterator and the number of batches already done: after a mid-epoch
+        resume the loader replays the epoch's order from its start state, the done batches are
+        drawn and dropped, then every RNG is set to the checkpoint's (bit for bit)."""
+        self._epoch_generator_states = {n: g.get_state() for n, g in self.rng_generators().items()}
+        batches, done = iter(loader), self._resume_batches
+        if done:
+            for _ in range(done):
+                next(batches)
+            restore_rng_state(self._resume_rng, self.rng_generators())
+            self._resume_batches, self._resume_rng = 0, None
+        return batches, done
+
+    def save_model(self, *args, **kwargs) -> None:
+        """:meth:`TrainerBase.save_model` on rank 0 only; under torchrun the other ranks wait
+        until the checkpoint is written."""
+        if is_main_process():
+            super().save_model(*args, **kwargs)
+        barrier()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        """Under torchrun: this shard's loss weighted by ``shard_loss_weight``, then the gradients
+        of the trained models averaged over the ranks (the global batch's gradient)."""
+        if world_size() == 1:
+            super().model_backward(loss)
+            return
+        super().model_backward(loss * shard_loss_weight(self.train_loader_x.batch_sampler,
+                                                        self.batch_idx))
+        average_gradients([p for name in self.trained_model_names()
+                           for p in self._models[name].parameters() if p.requires_grad])
+
+    def global_losses(self, values: Dict[str, float]) -> Dict[str, float]:
+        """``forward_backward``'s batch means of this shard -> the global batch's (torchrun)."""
+        if world_size() == 1:
+            return values
+        return average_scalars(values, shard_loss_weight(self.train_loader_x.batch_sampler,
+                                                         self.batch_idx))
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
