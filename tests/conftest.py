@@ -1,34 +1,21 @@
 """Shared fixtures: no test touches the network; caches go to a per-session temp dir."""
 import os
-import socket
+import sys
 
 import pytest
 import torch
 
+from fake_data import NETBLOCK
+
 os.environ.setdefault("TAIDPT_OFFLINE", "1")
 
 
-class NetworkBlocked(RuntimeError):
-    """A test process tried to open an internet connection."""
+# The network block (tests/netblock/sitecustomize.py): in this process from here on, and in every
+# Python child, which imports it at start-up from PYTHONPATH (fake_data.child_env keeps it there).
+sys.path.insert(0, NETBLOCK)
+from sitecustomize import NetworkBlocked  # noqa: E402,F401  (installs the block)
 
-
-def _no_network(connect):
-    def blocked(sock, address, *args):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            raise NetworkBlocked(f"tests must not use the network (connect to {address!r})")
-        return connect(sock, address, *args)
-    return blocked
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _block_network():
-    """Every internet connect of the test process fails (local AF_UNIX sockets, which DataLoader
-    workers use, still work). Subprocesses run with TAIDPT_OFFLINE=1."""
-    saved = socket.socket.connect, socket.socket.connect_ex
-    socket.socket.connect = _no_network(saved[0])
-    socket.socket.connect_ex = _no_network(saved[1])
-    yield
-    socket.socket.connect, socket.socket.connect_ex = saved
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (NETBLOCK, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,20 @@ from PIL import Image
 from taidpt.datasets._common import load_label_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NETBLOCK = os.path.join(REPO, "tests", "netblock")  # on every child's PYTHONPATH: no network
+
+
+def child_env(*python_path: str, **variables: str) -> Dict[str, str]:
+    """The environment of a Python child of a test: offline, ``PYTHONPATH`` = ``python_path``
+    (default: the repository) and the network block (``tests/netblock``), plus ``variables``."""
+    path = os.pathsep.join([*(python_path or (REPO,)), NETBLOCK])
+    return dict(os.environ, TAIDPT_OFFLINE="1", **variables, PYTHONPATH=path)
+
+
+def network_env() -> Dict[str, str]:
+    """The environment of a child that must reach a package registry (pip): without the block."""
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != NETBLOCK]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
 # A toy label set and caption file for end-to-end runs on an image list.
 TOY_CLASSES = ["cat", "dog", "car"]
@@ -31,7 +45,7 @@ TOY_CAPTIONS = ["a cat sleeping on a sofa", "two dogs playing in a park", "a red
 
 def run_train_py(*args: str, cwd, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` offline in a subprocess; with ``check``, a failure shows its output."""
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    env = child_env()
     run = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=timeout)
     if check:

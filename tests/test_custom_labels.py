@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from fake_data import write_image
+from fake_data import child_env, write_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "CUSTOM.md")
@@ -35,7 +35,7 @@ def _command(commands, start):
 
 
 def _run(args, cwd, tiny_clip_file, check=True):
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    env = child_env()
     opts = ["MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
             "TRAIN.PRINT_FREQ", "1"]
     run = subprocess.run([sys.executable, *args, *opts], cwd=cwd, env=env, capture_output=True,

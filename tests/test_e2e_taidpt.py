@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fake_data import TOY_CAPTIONS as CAPTIONS, TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS
-from fake_data import run_train_py, epoch_losses, write_image_list
+from fake_data import child_env, epoch_losses, run_train_py, write_image_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def test_prepare_then_train_on_fake_voc_with_coco_captions(tmp_path, tiny_clip_f
                 ("A man riding a motorbike past a parked car.", "A cat and a dog on a sofa.",
                  "Two people on a train platform next to a bus.")]
     write_coco_captions(str(root), captions)
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    env = child_env()
     dataset_cfg = os.path.join(REPO, "configs/datasets/voc2007_caption.yaml")
     method_cfg = os.path.join(REPO, "configs/trainers/TaIDPT/rn50_voc2007_debug.yaml")
     prepare = subprocess.run(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fake_data import child_env
 from taidpt.extras import EXTRAS, require
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +69,7 @@ def test_taidpt_imports_without_the_extras():
     code = ("import sys; sys.modules['pycocotools'] = sys.modules['matplotlib'] = None; "
             "import taidpt.config, taidpt.cli, taidpt.cli.train, taidpt.datasets.coco2014; print('ok')")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+                         timeout=120, env=child_env())
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from fake_data import REPO, TOY_CAPTIONS, TOY_CLASSES, TOY_SYNONYMS, write_image_list
+from fake_data import REPO, TOY_CAPTIONS, child_env, TOY_CLASSES, TOY_SYNONYMS, write_image_list
 from taidpt.engine.checkpoint import TEMP_FILE
 
 # Runs train.py's main in a child that SIGKILLs itself at a fixed point (test-side patches only):
@@ -45,7 +45,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _run(mode, flags, opts, cwd):
-    env = dict(os.environ, TAIDPT_OFFLINE="1", PYTHONPATH=REPO)
+    env = child_env()
     return subprocess.run([sys.executable, "-c", CHILD, mode, *flags, *opts], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

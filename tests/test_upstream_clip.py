@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from fake_data import child_env
 from taidpt.clip import (dense_image_features, encode_image, encode_text, image_feature_map,
                          is_resnet, load_clip, random_clip, to_fp16, tokenize)
 
@@ -49,7 +50,7 @@ def test_coop_copy_inside_a_coop_checkout_gives_the_wheels_features(upstream, ti
     run = subprocess.run(
         [sys.executable, "-c", FEATURES, tiny_clip_file, str(tmp_path / "images.pt"),
          str(tmp_path / "out.pt")], cwd=upstream["coop"], capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=REPO, TAIDPT_OFFLINE="1"), timeout=300)
+        env=child_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     coop = torch.load(tmp_path / "out.pt")
     assert coop["clip_file"] == os.path.join(upstream["coop"], "clip", "__init__.py")

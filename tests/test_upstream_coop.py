@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from fake_data import TOY_CAPTIONS as CAPTIONS, TOY_CLASSES as CLASSES, TOY_SYNONYMS as SYNONYMS
-from fake_data import write_image, write_image_list
+from fake_data import child_env, network_env, write_image, write_image_list
 from taidpt import dassl_bridge
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,8 @@ def _missing(requirements):
 def _pip(*args):
     """``pip install ARGS``; a failure names the packages and the fix."""
     run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                          *args], capture_output=True, text=True, timeout=600)
+                          *args], capture_output=True, text=True, timeout=600,
+                         env=network_env())
     assert run.returncode == 0, (f"pip install {' '.join(args)} failed: Dassl's import-time "
                                  f"dependencies come from PyPI (or install Dassl's requirements "
                                  f"yourself):\n{run.stderr[-2000:]}")
@@ -85,7 +86,7 @@ def _dassl_path(dassl_dir: str, tmp) -> str:
     environment lacks, installed there from PyPI."""
     def importable(path):
         probe = subprocess.run([sys.executable, "-c", "import dassl.engine"], capture_output=True,
-                               text=True, env=dict(os.environ, PYTHONPATH=path), timeout=300)
+                               text=True, env=child_env(path), timeout=300)
         return probe.returncode == 0, probe.stderr[-2000:]
 
     ok, _ = importable(dassl_dir)
@@ -124,9 +125,8 @@ class Runs:
         _add_plugin_line(os.path.join(upstream["dassl"], "tools", "train.py"),
                          os.path.join(self.dassl_tools, "train.py"),
                          after="from dassl.engine import build_trainer\n")
-        self.env = dict(os.environ, TAIDPT_OFFLINE="1", HOME=str(tmp / "home"),
-                        TAIDPT_CACHE=str(tmp / "taidpt_cache"),
-                        PYTHONPATH=os.pathsep.join([_dassl_path(upstream["dassl"], tmp), REPO]))
+        self.env = child_env(_dassl_path(upstream["dassl"], tmp), REPO, HOME=str(tmp / "home"),
+                             TAIDPT_CACHE=str(tmp / "taidpt_cache"))
         self.tiny_clip = tiny_clip_file
         self.dassl_defaults = _dassl_defaults(upstream["dassl"])
         self.commands = self._commands()
