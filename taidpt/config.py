@@ -23,6 +23,8 @@ import taidpt.datasets  # noqa: F401 - registers the datasets
 import taidpt.trainers  # noqa: F401 - registers the trainers
 from taidpt.datasets._common import check_writable
 from taidpt.datasets.captions import SOURCES
+from taidpt.datasets.coco2014 import CLASS_SUBSETS as COCO_CLASS_SUBSETS
+from taidpt.datasets.synthetic.dataset import CLASS_SUBSETS as SYNTHETIC_CLASS_SUBSETS
 from taidpt.engine.data import INTERPOLATION, TEST_RESIZES, TRAIN_TRANSFORMS
 from taidpt.engine.defaults import FINAL_MODELS, get_engine_defaults
 from taidpt.engine.evaluator import SPLITS
@@ -353,6 +355,8 @@ CHOICES: Dict[str, Sequence[str]] = {
     "TEST.FINAL_MODEL": FINAL_MODELS,
     "DATASET.DIFFICULT": DIFFICULT_MODES,
     "DATASET.CAPTIONS.SOURCE": ("",) + SOURCES,
+    "DATASET.COCO2014.CLASSES": COCO_CLASS_SUBSETS,
+    "DATASET.SYNTHETIC.CLASSES": SYNTHETIC_CLASS_SUBSETS,
     "INPUT.INTERPOLATION": tuple(INTERPOLATION),
     "INPUT.TEST_RESIZE": TEST_RESIZES,
     "INPUT.TRANSFORMS": tuple(TRAIN_TRANSFORMS),

@@ -26,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_cfg(root, name="", **captions_opts):
     cfg = get_engine_defaults()
     NUSWIDE.extend_cfg(cfg)
+    COCO2014.extend_cfg(cfg)
     cfg.DATASET.ROOT, cfg.DATASET.NAME = str(root), name
     for key, value in captions_opts.items():
         cfg.DATASET.CAPTIONS[key.upper()] = value

@@ -8,6 +8,7 @@ import pytest
 import fake_data
 from taidpt.datasets import train_labels
 from taidpt.datasets.base import ImageItem, build_dataset, label_matrix
+from taidpt.datasets.coco2014 import COCO2014
 from taidpt.datasets.nuswide import NUSWIDE
 from taidpt.datasets.synthetic import Synthetic
 from taidpt.datasets.train_labels import (finalize_train_split, fewshot_indices, partial_mask,
@@ -18,6 +19,7 @@ from taidpt.engine.defaults import get_engine_defaults
 def make_cfg(root="", name="", **dataset_keys):
     cfg = get_engine_defaults()
     NUSWIDE.extend_cfg(cfg)
+    COCO2014.extend_cfg(cfg)
     Synthetic.extend_cfg(cfg)
     cfg.DATASET.ROOT, cfg.DATASET.NAME = str(root), name
     for key, value in dataset_keys.items():

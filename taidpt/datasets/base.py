@@ -58,6 +58,26 @@ class DatasetBase:
     def lab2cname(self) -> Dict[int, str]:
         return dict(enumerate(self.classnames))
 
+    def keep_classes(self, names: Sequence[str], key: str) -> None:
+        """Restrict the dataset to the classes ``names`` (in this order): class names, synonyms and
+        every split's label columns (items without a positive left stay, with negatives only).
+        ``key`` is the config key that asked for it (named when a class is not in the dataset)."""
+        missing = [name for name in names if name not in self.classnames]
+        if missing:
+            raise ValueError(f"{key}: classes {missing} are not among this dataset's classes "
+                             f"({', '.join(self.classnames)}).")
+        columns = [self.classnames.index(name) for name in names]
+
+        def cut(items: List[ImageItem]) -> List[ImageItem]:
+            return [ImageItem(item.impath, item.label[columns]) for item in items]
+
+        same_val = self.val is self.test
+        self.test, self.train_x = cut(self.test), cut(self.train_x)
+        self.val = self.test if same_val else cut(self.val)
+        self.classnames = list(names)
+        if self.synonyms is not None:
+            self.synonyms = [self.synonyms[c] for c in columns]
+
     @staticmethod
     def extend_cfg(cfg) -> None:
         """Add dataset-specific config keys (``cfg.DATASET.<NAME>``); default: none."""

@@ -6,7 +6,9 @@ kept; an image without annotations has only negatives. In train2014, as in the r
 of width or height < 1 does not make its class positive (val2014 keeps every annotation). ``val``
 is every 10th test image, the TaI-DPT reference's best-val split (SPEC 6; DualCoOp's is every
 20th: ``DATASET.VAL_STRIDE 20``). Partial labels and few-shot subsets of train2014:
-:mod:`taidpt.datasets.train_labels`.
+:mod:`taidpt.datasets.train_labels`. ``DATASET.COCO2014.CLASSES`` restricts every split to a class
+subset (:data:`CLASS_SUBSETS`): ``novel16``, the LaSO split's 16 novel classes of the paper's
+Table 2 (SPEC 7), or ``base64``, the other 64.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, List
 
 import numpy as np
+from yacs.config import CfgNode as CN
 
 from taidpt.datasets._common import (COCO_CAPTIONS, Layout, LabelSet, load_label_set,
                                      wants_train_images)
@@ -39,6 +42,25 @@ LAYOUT = Layout(
     download=("https://cocodataset.org/#download (2014 Train/Val annotations, 2014 Val images, "
               "2014 Train images; 2017 Train/Val annotations for the captions)"),
 )
+
+
+# SPEC 7: the LaSO split's 16 novel classes (COCO category names), Table 2's evaluation classes.
+NOVEL_CLASSES = ("bicycle", "boat", "stop sign", "bird", "backpack", "frisbee", "snowboard",
+                 "surfboard", "cup", "fork", "spoon", "broccoli", "chair", "keyboard", "microwave",
+                 "vase")
+CLASS_SUBSETS = ("all", "novel16", "base64")  # DATASET.COCO2014.CLASSES
+
+
+def subset_classnames(label_set: LabelSet, subset: str) -> List[str]:
+    """The prompt class names of ``DATASET.COCO2014.CLASSES`` ``subset`` in category-id order:
+    all 80, the 16 :data:`NOVEL_CLASSES` or the other 64."""
+    if subset not in CLASS_SUBSETS:
+        raise ValueError(f"DATASET.COCO2014.CLASSES must be one of {', '.join(CLASS_SUBSETS)}, got "
+                         f"{subset!r}.")
+    if subset == "all":
+        return label_set.classnames
+    return [name for label, name in zip(label_set.labels, label_set.classnames)
+            if (label in NOVEL_CLASSES) == (subset == "novel16")]
 
 
 def load_instances(path: str) -> COCO:
@@ -96,3 +118,12 @@ class COCO2014(DatasetBase):
         super().__init__(label_set.classnames, test=test, train_x=train,
                          val=val_split(cfg, test, test[::10]), synonyms=label_set.synonyms)
         self.caption_path = os.path.join(root, COCO_CAPTIONS)
+        subset = cfg.DATASET.COCO2014.CLASSES
+        if subset != "all":
+            self.keep_classes(subset_classnames(label_set, subset), "DATASET.COCO2014.CLASSES")
+            logger.info("COCO2014: classes %s (%d)", subset, self.num_classes)
+
+    @staticmethod
+    def extend_cfg(cfg) -> None:
+        cfg.DATASET.COCO2014 = CN()
+        cfg.DATASET.COCO2014.CLASSES = "all"  # all 80, novel16 (Table 2's, SPEC 7) or base64

@@ -7,11 +7,14 @@ references such as the linear probe), after ``DATASET.NUM_SHOTS`` and ``DATASET.
 (:mod:`taidpt.datasets.train_labels`; the world itself does not change); ``caption_path``: the
 caption-only corpus (split b) that TaI-DPT trains on; ``clip_path``: where the world's tiny CLIP
 is (or will be) cached, built by ``taidpt synthetic`` or :func:`build_tiny_clip`.
+``DATASET.SYNTHETIC.CLASSES`` ``novel`` / ``base`` restricts every split to the last quarter of the
+classes (rounded up) / the others: the stand-in of COCO's novel / base split (paper Table 2).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 from yacs.config import CfgNode as CN
@@ -38,6 +41,15 @@ def read_image_list(root: Path, name: str, num_classes: int) -> List[ImageItem]:
     return items
 
 
+CLASS_SUBSETS = ("all", "novel", "base")  # DATASET.SYNTHETIC.CLASSES
+
+
+def subset_classnames(names: Sequence[str], subset: str) -> List[str]:
+    """``all`` names, the ``novel`` last quarter (rounded up) or the ``base`` rest."""
+    first_novel = len(names) - math.ceil(len(names) / 4)
+    return list({"all": names, "novel": names[first_novel:], "base": names[:first_novel]}[subset])
+
+
 @DATASET_REGISTRY.register(aliases=("synthetic",))
 class Synthetic(DatasetBase):
     """Generated on first use into ``$TAIDPT_CACHE/synthetic/<world key>`` and reused after."""
@@ -56,6 +68,8 @@ class Synthetic(DatasetBase):
         self.dataset_dir = str(root)
         self.caption_path = str(root / "captions.txt")
         self.clip_path = str(tiny_clip_path(spec, node.CACHE_DIR, node.PRETRAIN_STEPS))
+        if node.CLASSES != "all":
+            self.keep_classes(subset_classnames(names, node.CLASSES), "DATASET.SYNTHETIC.CLASSES")
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -72,3 +86,4 @@ class Synthetic(DatasetBase):
         node.MAX_OBJECTS = defaults.max_objects
         node.PRETRAIN_STEPS = PRETRAIN_STEPS  # tiny CLIP pretraining batches
         node.CACHE_DIR = ""  # "" -> $TAIDPT_CACHE or ~/.cache/taidpt
+        node.CLASSES = "all"  # all, novel (the last quarter) or base (the rest): Table 2's stand-in
