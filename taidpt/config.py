@@ -378,6 +378,7 @@ RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     "OPTIM.MAX_EPOCH": (0, None, True, False),
     "DATALOADER.*.BATCH_SIZE": (1, None, True, False),
     "DATALOADER.NUM_WORKERS": (0, None, True, False),
+    "DATALOADER.PREFETCH_FACTOR": (1, None, True, False),
     "TRAIN.PRINT_FREQ": (1, None, True, False),
     "TRAIN.CHECKPOINT_FREQ": (0, None, True, False),
     "TRAIN.CHECKPOINT_ITER_FREQ": (0, None, True, False),

@@ -18,6 +18,7 @@ from taidpt.cli.errors import run_guarded
 from taidpt.config import check_output_dir, setup_cfg
 from taidpt.engine import build_trainer
 from taidpt.engine.data import check_images
+from taidpt.engine.distributed import init_distributed, is_main_process, shutdown_distributed, world_size
 from taidpt.engine.utils import held_log_records, replay_log_records, set_random_seed, setup_logger
 from taidpt.io import atomic_write
 
@@ -95,12 +96,27 @@ def check_run(trainer, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and / or evaluate as the parsed flags say (errors propagate; see :func:`main`)."""
+    """Train and / or evaluate as the parsed flags say (errors propagate; see :func:`main`).
+    Under ``torchrun`` every rank runs this; only rank 0 logs (others: errors only) and writes."""
     with held_log_records() as config_records:  # e.g. reference keys ignored: into log.txt too
         cfg = cfg_from_args(args)
     check_output_dir(cfg)
-    setup_logger(cfg.OUTPUT_DIR)
-    replay_log_records(config_records)
+    backend = init_distributed(cfg.USE_CUDA)
+    try:
+        return _run(args, cfg, config_records, backend)
+    finally:
+        shutdown_distributed()
+
+
+def _run(args: argparse.Namespace, cfg, config_records, backend: str) -> int:
+    main_process = is_main_process()
+    if main_process:
+        setup_logger(cfg.OUTPUT_DIR)
+        replay_log_records(config_records)
+    else:
+        setup_logger(level=logging.ERROR)
+    if backend:
+        logger.info("torchrun: %d processes, backend %s", world_size(), backend)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
@@ -108,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     logger.info("** Arguments **\n%s", "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     logger.info("** Config **\n%s", cfg)
-    if cfg.OUTPUT_DIR:
+    if cfg.OUTPUT_DIR and main_process:
         atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump().encode()))
     logger.info("PyTorch %s, CUDA available: %s", torch.__version__, torch.cuda.is_available())
     trainer = build_trainer(cfg)

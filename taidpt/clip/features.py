@@ -45,6 +45,8 @@ def image_feature_map(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     """ResNet stem + layer1..4: ``B x 3 x H x W`` -> ``B x C_v x H/32 x W/32``."""
     v = model.visual
     x = images.type(v.conv1.weight.dtype)
+    if v.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not v.conv1.weight.is_contiguous():
+        x = x.contiguous(memory_format=torch.channels_last)  # MODEL.CHANNELS_LAST weights
     for conv, bn, relu in zip((v.conv1, v.conv2, v.conv3), (v.bn1, v.bn2, v.bn3), _stem_activations(v)):
         x = relu(bn(conv(x)))
     x = v.avgpool(x)

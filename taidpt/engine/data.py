@@ -203,9 +203,14 @@ def seeded_generator(cfg) -> Optional[torch.Generator]:
 
 
 def build_loader(cfg, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    """``DATALOADER.NUM_WORKERS`` workers, each ``PREFETCH_FACTOR`` batches ahead, pinned memory
+    on CUDA; evaluation loaders (``shuffle`` False) keep their workers between evaluations."""
+    workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
-                      num_workers=cfg.DATALOADER.NUM_WORKERS, generator=seeded_generator(cfg),
-                      pin_memory=torch.cuda.is_available() and cfg.USE_CUDA)
+                      num_workers=workers, generator=seeded_generator(cfg),
+                      pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+                      prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR if workers else None,
+                      persistent_workers=workers > 0 and not shuffle)
 
 
 class DataManager:

@@ -60,6 +60,7 @@ def get_engine_defaults() -> CN:
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
+    _C.DATALOADER.PREFETCH_FACTOR = 2  # batches each image worker loads ahead (NUM_WORKERS > 0)
     _C.DATALOADER.K_TRANSFORMS = 1
     _C.DATALOADER.RETURN_IMG0 = False
     _C.DATALOADER.TRAIN_X = CN()
@@ -81,6 +82,8 @@ def get_engine_defaults() -> CN:
     _C.MODEL.BACKBONE.NAME = "RN50"
     _C.MODEL.BACKBONE.PATH = ""  # a CLIP file (JIT archive or state dict); overrides NAME lookup
     _C.MODEL.BACKBONE.PRETRAINED = True
+    _C.MODEL.CHANNELS_LAST = True  # ResNet image tower in channels_last memory format on CUDA
+    _C.MODEL.COMPILE = False  # torch.compile the frozen CLIP's image-feature extractor
     _C.MODEL.HEAD = CN()
     _C.MODEL.HEAD.NAME = ""
 
@@ -116,6 +119,9 @@ def get_engine_defaults() -> CN:
     _C.TEST.NO_TEST = False
     _C.TEST.SPLIT = "test"  # "test" or "val"; every evaluation writes predictions_<split>.npz
     _C.TEST.FINAL_MODEL = "last_step"  # or "best_val" (paper reproduction)
+    # Evaluate from the split's frozen image features, computed once into $TAIDPT_CACHE and reused
+    # by every later evaluation on the same split and transform (TaIDPT, ZeroshotCLIP, DualCoOp).
+    _C.TEST.FEATURE_CACHE = False
 
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""

@@ -11,6 +11,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from taidpt.engine.checkpoint import (POINTER_FILE, latest_checkpoint, load_checkpoint,
@@ -18,6 +19,9 @@ from taidpt.engine.checkpoint import (POINTER_FILE, latest_checkpoint, load_chec
                                       restore_optimisation, restore_rng_state, rng_state,
                                       save_checkpoint)
 from taidpt.engine.data import DataManager
+from taidpt.engine.distributed import (average_gradients, average_scalars, barrier,
+                                       gather_objects, is_main_process, rank, shard_bounds,
+                                       shard_loader, shard_loss_weight, world_size)
 from taidpt.engine.evaluator import SPLITS, build_evaluator, relative_image_id
 from taidpt.engine.utils import MetricMeter
 from taidpt.io import atomic_write
@@ -44,10 +48,20 @@ def _difference(key: str, theirs, ours) -> str:
     return text
 
 
+def _to_cpu(scores):
+    """A score tensor, pair or mapping (``model_inference``'s forms) with its tensors on the CPU."""
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().cpu()
+    if isinstance(scores, dict):
+        return type(scores)((k, _to_cpu(v)) for k, v in scores.items())
+    return type(scores)(_to_cpu(v) for v in scores)
+
+
 class TrainerBase:
     """Registered models with their optimisers and schedulers, checkpoints, the epoch loop."""
 
     ignored_checkpoint_keys: Tuple[str, ...] = ()
+    caches_image_features = False  # evaluates from cached image features (TEST.FEATURE_CACHE)
 
     def __init__(self) -> None:
         self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -286,6 +300,9 @@ class TrainerBase:
 
     # --- TensorBoard ----------------------------------------------------------------------
     def init_writer(self, log_dir: str) -> None:
+        """TensorBoard into ``log_dir``: on rank 0 only under torchrun."""
+        if not is_main_process():
+            return
         from torch.utils.tensorboard import SummaryWriter
         self._writer = SummaryWriter(log_dir=log_dir)
 
@@ -346,6 +363,14 @@ class SimpleTrainer(TrainerBase):
         self.allow_other_classes = cfg.MODEL.ALLOW_OTHER_CLASSES
         self.start_epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        if cfg.MODEL.COMPILE and not self.caches_image_features:
+            raise ValueError(f"MODEL.COMPILE is True but trainer {type(self).__name__} has no "
+                             "compiled image-feature extractor (TaIDPT, ZeroshotCLIP and DualCoOp "
+                             "have one): set MODEL.COMPILE False.")
+        if cfg.TEST.FEATURE_CACHE and not self.caches_image_features:
+            raise ValueError(f"TEST.FEATURE_CACHE is True but trainer {type(self).__name__} does not "
+                             "score images from cached CLIP features (TaIDPT, ZeroshotCLIP and "
+                             "DualCoOp do): set TEST.FEATURE_CACHE False.")
         self.build_data_loader()
         self.build_model()
         if cfg.MODEL.INIT_WEIGHTS:
@@ -414,8 +439,9 @@ class SimpleTrainer(TrainerBase):
         when it holds checkpoints (Dassl's resume-if-exists)."""
         names = self.get_model_names()
         for folder in (self.output_dir, *(os.path.join(self.output_dir, n) for n in names)):
-            for path in remove_stale_temp_files(folder):
+            for path in remove_stale_temp_files(folder) if is_main_process() else ():
                 logger.warning("Removed %s, left by an interrupted write", path)
+        barrier()  # under torchrun the other ranks wait for rank 0's clean-up
         resume = self.cfg.RESUME
         own = not resume or os.path.realpath(resume) == os.path.realpath(self.output_dir)
         self.start_epoch = self.resume_model_if_exist(resume or self.output_dir)
@@ -430,6 +456,10 @@ class SimpleTrainer(TrainerBase):
                 f"{hint}")
         if self.start_epoch == 0 and self.trained_model_names():
             logger.info("No checkpoint in %s: training from scratch", resume or self.output_dir)
+        if world_size() > 1 and self.train_loader_x is not None:
+            self.train_loader_x = shard_loader(self.train_loader_x, rank(), world_size())
+            logger.info("torchrun: %d ranks, each training on its shard of the global batch of %d",
+                        world_size(), self.train_loader_x.batch_sampler.batch_sampler.batch_size)
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
@@ -467,11 +497,11 @@ class SimpleTrainer(TrainerBase):
         num_batches = len(loader)
         batches, done = self._epoch_batches(loader)
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", total=num_batches,
-                   initial=done, leave=False, disable=None)
+                   initial=done, leave=False, disable=None if is_main_process() else True)
         start = time.time()
         iter_freq = self.cfg.TRAIN.CHECKPOINT_ITER_FREQ
         for self.batch_idx, batch in enumerate(bar, start=done):
-            meter.update(self.forward_backward(batch))
+            meter.update(self.global_losses(self.forward_backward(batch)))
             if iter_freq and (self.batch_idx + 1) % iter_freq == 0 and self.batch_idx + 1 < num_batches:
                 self.save_model(self.epoch, self.output_dir, batches_done=self.batch_idx + 1)
             step = self.epoch * num_batches + self.batch_idx
@@ -528,7 +558,8 @@ class SimpleTrainer(TrainerBase):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
     def parse_batch_test(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return (batch["img"].to(self.device, non_blocking=True),
+                batch["label"].to(self.device, non_blocking=True))
 
     def model_inference(self, inputs):
         return self.model(inputs)
@@ -554,14 +585,30 @@ class SimpleTrainer(TrainerBase):
                              f"{split} split (MultiLabelImageList: DATASET.TEST_LIST / VAL_LIST).")
         self.set_model_mode("eval")
         self.evaluator.reset()
-        loader = self.val_loader if split == "val" else self.test_loader
         logger.info("Evaluate on the *%s* set", split)
+        local = [(_to_cpu(scores), labels.cpu(), indices)
+                 for scores, labels, indices in self.evaluation_outputs(split)]
         indices: List[int] = []
-        for batch in tqdm(loader, desc=f"test ({split})", leave=False, disable=None):
-            inputs, labels = self.parse_batch_test(batch)
-            self.evaluator.process(self.model_inference(inputs), labels)
-            indices += [int(i) for i in batch["index"]]
+        for part in gather_objects(local):  # the ranks' contiguous shards, in rank order
+            for scores, labels, batch_indices in part:
+                self.evaluator.process(scores, labels)
+                indices += batch_indices
         return self.report_results(split, self.image_ids([items[i] for i in indices]))
+
+    def evaluation_outputs(self, split: str) -> Iterator[Tuple[object, torch.Tensor, List[int]]]:
+        """(scores, labels ``B x C``, item indices) of each batch of ``split``: the split's loader
+        through ``parse_batch_test`` and ``model_inference``; under torchrun this rank's
+        contiguous shard of the split."""
+        loader = self.val_loader if split == "val" else self.test_loader
+        if world_size() > 1:
+            start, stop = shard_bounds(len(loader.dataset), rank(), world_size())
+            loader = DataLoader(loader.dataset, batch_size=loader.batch_size,
+                                sampler=range(start, stop), num_workers=loader.num_workers,
+                                pin_memory=loader.pin_memory)
+        for batch in tqdm(loader, desc=f"test ({split})", leave=False,
+                          disable=None if is_main_process() else True):
+            inputs, labels = self.parse_batch_test(batch)
+            yield self.model_inference(inputs), labels, [int(i) for i in batch["index"]]
 
     def report_results(self, split: str, image_ids: Sequence[str]) -> Dict[str, float]:
         """Evaluate what the evaluator collected for ``image_ids`` (N, in order); write the mAPs to
@@ -574,6 +621,8 @@ class SimpleTrainer(TrainerBase):
             self.write_scalar(f"{split}/{key}", value, self.epoch)
         meta = {"split": split, "epoch": self.epoch + 1, "trainer": self.cfg.TRAINER.NAME,
                 "dataset": self.cfg.DATASET.NAME}
+        if not is_main_process():  # every rank holds the gathered results; rank 0 writes them
+            return results
         atomic_write(os.path.join(self.output_dir, f"results_{split}.json"),
                      lambda f: f.write(json.dumps({**meta, "results": dict(results)}, indent=2).encode()))
         items = self.split_items(split)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from taidpt.clip import context_length_of, is_resnet, load_clip, to_fp16
+from taidpt.models.precision import to_channels_last, use_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,18 @@ def backbone_source(cfg) -> str:
 def load_backbone(cfg, precision: str = "fp32") -> nn.Module:
     """CLIP in eval mode from :func:`backbone_source`; ``precision="fp16"`` casts its weights to
     fp16 as openai-clip ships them (``fp32`` and ``amp`` keep fp32 weights). ``INPUT.SIZE`` is
-    checked against it (:func:`check_input_size`)."""
+    checked against it (:func:`check_input_size`). A ResNet's image tower is channels_last on
+    CUDA with ``MODEL.CHANNELS_LAST``."""
     source = backbone_source(cfg)
     clip_model = load_clip(source)
     check_input_size(cfg, clip_model)
     if precision == "fp16":
         to_fp16(clip_model)
-    logger.info("Loaded CLIP %s (%s)", source, precision)
+    device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
+    channels_last = use_channels_last(clip_model, device, cfg.MODEL.CHANNELS_LAST)
+    if channels_last:
+        to_channels_last(clip_model)
+    logger.info("Loaded CLIP %s (%s%s)", source, precision, ", channels_last" if channels_last else "")
     return clip_model.eval()
 
 

@@ -151,6 +151,10 @@ class CoOpML(SimpleTrainer):
             return batch["feature"], labels
         return self.model.image_features(batch["img"].to(self.device)), labels
 
+    def batch_mean_loss(self) -> bool:
+        """``bce`` divides by the batch's known-label count, not by B (``asl``: sum / B)."""
+        return self.settings.LOSS == "asl"
+
     def forward_backward(self, batch: dict) -> dict:
         features, labels = self.parse_batch_train(batch)
         with self.precision.autocast():

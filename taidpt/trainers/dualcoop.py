@@ -23,6 +23,7 @@ from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.losses import known_label_loss
 from taidpt.models import PromptContext, PrecisionStep, TwoContextModel, check_precision, load_backbone
+from taidpt.models.image_feature_cache import FeatureCacheEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,16 @@ class DualCoOpModel(TwoContextModel):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Images ``B x 3 x H x W`` -> normalised (global ``B x D``, dense ``HW x B x D``)."""
-        global_feat, dense = dense_image_features(self.clip, images)
-        return F.normalize(global_feat, dim=-1), F.normalize(dense, dim=-1)
+        """Images ``B x 3 x H x W`` -> (global ``B x D``, dense ``HW x B x D``), not normalised."""
+        return dense_image_features(self.clip, images)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Images ``B x 3 x H x W`` -> ``{"local": B x C, "global": B x C}`` logits (SPEC 7)."""
-        global_feat, dense = self.image_features(images)
+        return self.logits(*self.image_features(images))
+
+    def logits(self, global_feat: torch.Tensor, dense: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Global ``B x D`` and dense ``HW x B x D`` features -> ``{"local", "global"}`` ``B x C``."""
+        global_feat, dense = F.normalize(global_feat, dim=-1), F.normalize(dense, dim=-1)
         pos, neg = self.class_embeddings()
         scale = self.prompt_learner.temperature.exp()  # T
         tau = self.prompt_learner.spatial_T.exp()
@@ -99,7 +103,7 @@ def dualcoop_loss(name: str, logits: Dict[str, torch.Tensor], labels: torch.Tens
 
 
 @TRAINER_REGISTRY.register(aliases=("Caption_dual",))
-class DualCoOp(SimpleTrainer):
+class DualCoOp(FeatureCacheEvaluation, SimpleTrainer):
     """Trains both prompts on the dataset's (partially) labelled training images; reports the local
     mAP (``mAP`` = ``mAP_local``) beside the global one."""
 
@@ -163,8 +167,16 @@ class DualCoOp(SimpleTrainer):
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
 
-    def model_inference(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.model(images)
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.image_features(images)
+
+    def features_inference(self, global_feat: torch.Tensor,
+                           dense: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.model.logits(global_feat, dense)
+
+    def batch_mean_loss(self) -> bool:
+        """``asl`` sums over the known labels / B; ``fewshot``'s BCE divides by the known count."""
+        return self.cfg.TRAINER.DUALCOOP.LOSS == "asl"
 
     def test(self, split: Optional[str] = None) -> dict:
         """Evaluate with the class embeddings computed once."""
