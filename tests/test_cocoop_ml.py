@@ -41,7 +41,7 @@ def test_cut_at_eos_equals_the_full_length(clip_model, dtype, tolerance, positio
     per_image = generic + torch.randn(3, 1, 1, 64, dtype=dtype)  # B x 1 x M x W
     with torch.no_grad():
         for ctx, shape in ((generic, (4, 128)), (per_image, (3, 4, 128))):
-            full = F.normalize(learner.encode(clip_model, ctx), dim=-1)
+            full = F.normalize(learner.encode(clip_model, ctx, cut_at_eos=False), dim=-1)
             cut = F.normalize(learner.encode(clip_model, ctx, cut_at_eos=True), dim=-1)
             assert full.shape == cut.shape == shape
             assert (full - cut).abs().max() <= tolerance

@@ -184,7 +184,9 @@ def test_padding_gets_exactly_zero_spatial_weight(clip_model):
 
 
 # With LEARN_SCALE the scale is exp(3) ~ 20: logits reach ~12, where the fp32 spacing is ~1e-6.
-@pytest.mark.parametrize("csc,learn_scale,learn_spatial,tolerance", [(False, False, False, 1e-6),
+# Without it logits reach ~3.2 (spacing 2.4e-7); the prompts cut at their EOS (the loop runs all
+# positions) change the fp32 summation order: measured 1.19e-6 on the local logits.
+@pytest.mark.parametrize("csc,learn_scale,learn_spatial,tolerance", [(False, False, False, 2e-6),
                                                                      (True, True, True, 1e-5)])
 def test_forward_text_matches_loop(clip_model, csc, learn_scale, learn_spatial, tolerance):
     model = _model(clip_model, csc=csc, learn_scale=learn_scale, learn_spatial_scale=learn_spatial)

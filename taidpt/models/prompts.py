@@ -160,14 +160,15 @@ class PromptContext(nn.Module):
         return prompts.gather(-2, layout.unsqueeze(-1).expand(prompts.shape))
 
     def encode(self, clip_model: nn.Module, ctx: torch.Tensor,
-               cut_at_eos: bool = False) -> torch.Tensor:
+               cut_at_eos: bool = True) -> torch.Tensor:
         """Class text features (EOS position, not normalised) for the context ``ctx``: ``C x D``,
         or ``B x C x D`` for per-image contexts (see :meth:`assemble`).
 
-        ``cut_at_eos`` runs the text transformer on the first :attr:`eos_length` positions only
-        (``L'`` instead of ``L`` tokens per prompt). Exact: the transformer is causal and every
-        dropped position comes after every prompt's EOS; only the summation order of fp kernels
-        can change (differences ~1e-7 in fp32).
+        ``cut_at_eos`` (default) runs the text transformer on the first :attr:`eos_length`
+        positions only (``L'`` instead of ``L`` tokens per prompt, ~21 of 77 for 16 context
+        vectors). Exact: the transformer is causal and every dropped position comes after every
+        prompt's EOS; only the summation order of fp kernels can change (differences ~1e-7 in
+        fp32). ``False`` runs all ``L`` positions, as the reference does.
         """
         length = self.eos_length if cut_at_eos else None
         prompts, tokens = self.assemble(ctx, length), self.tokenized_prompts[:, :length]
