@@ -17,23 +17,14 @@ import re
 import statistics
 from typing import Dict, List, Optional
 
+from taidpt.engine.run_records import mean_std, train_seconds
+
 SEED_DIR = re.compile(r"seed(\d+)$")
-ELAPSED = re.compile(r"Elapsed: (\d+):(\d\d):(\d\d)")
 
 
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def train_seconds(run_dir: str) -> Optional[float]:
-    """The last ``Elapsed: H:MM:SS`` of the run's training log (None when it has none)."""
-    path = os.path.join(run_dir, "log.txt")
-    found = ELAPSED.findall(open(path).read()) if os.path.isfile(path) else []
-    if not found:
-        return None
-    h, m, s = map(int, found[-1])
-    return 3600 * h + 60 * m + s
 
 
 def seeds_of(parent: str) -> Dict[int, str]:
@@ -44,14 +35,6 @@ def seeds_of(parent: str) -> Dict[int, str]:
         if match and os.path.isfile(os.path.join(path, "results_test.json")):
             out[int(match.group(1))] = path
     return out
-
-
-def mean_std(values: List[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def mean_seconds(times: List[float]) -> str:

@@ -12,7 +12,9 @@ Input: one folder per training variant of one dataset (``scripts/beyond_sweep.sh
 - ``+ debiasing (val statistics)``: ``global`` and ``local`` standardised per class with their
   val statistics, then merged (:mod:`taidpt.engine.debias`; on the merged head alone it cannot
   change mAP); ``+ debiasing (transductive)``: with the test split's own statistics;
-- ``best combination``: the best val mAP over every variant x debiasing (off / val) x ``w``.
+- ``best combination``: the best val mAP over every variant x debiasing (off / val) x ``w``;
+- ``ZSCLIP`` and ``ZSCLIP + prototypes`` (``w`` on val) from a ``zsclip`` folder (zero-shot CLIP
+  with ``TRAINER.ZEROSHOTCLIP.PROTOTYPES.ENABLED``), outside the combination.
 
 Ties on val keep the first candidate (variants in folder order, smaller ``w``, debiasing off).
 """
@@ -29,14 +31,15 @@ import numpy as np
 
 from taidpt.engine.debias import debias
 from taidpt.engine.ensemble import Predictions, check_same_data, load_predictions
+from taidpt.engine.run_records import mean_std, train_seconds
 from taidpt.metrics import mean_average_precision
 
 PLAIN = "plain"
 MEAN_SHIFT = "meanshift"
+ZSCLIP = "zsclip"
 NOISE = re.compile(r"noise(\d+(?:\.\d+)?)$")
 SEED = re.compile(r"seed(\d+)$")
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
-ELAPSED = re.compile(r"Elapsed: (\d+):(\d\d):(\d\d)")
 
 
 @dataclass
@@ -62,16 +65,6 @@ class Cell:
 class Table:
     rows: Dict[str, Dict[int, Cell]] = field(default_factory=dict)
     seconds: Dict[str, List[float]] = field(default_factory=dict)
-
-
-def train_seconds(run_dir: str) -> Optional[float]:
-    """The last ``Elapsed: H:MM:SS`` of ``run_dir/log.txt`` (None without one)."""
-    path = os.path.join(run_dir, "log.txt")
-    found = ELAPSED.findall(open(path).read()) if os.path.isfile(path) else []
-    if not found:
-        return None
-    h, m, s = map(int, found[-1])
-    return 3600 * h + 60 * m + s
 
 
 def load_runs(root: str) -> Dict[str, Dict[int, Run]]:
@@ -140,6 +133,7 @@ def build_table(root: str, merge_rate: float = 0.5, weights: Sequence[float] = W
                 difficult: str = "negative") -> Table:
     """Every row of the module docstring, per seed of the ``plain`` runs."""
     runs = load_runs(root)
+    zsclip = runs.pop(ZSCLIP, {})
     table = Table()
     noises = noise_variants(runs)
     for seed, plain in sorted(runs[PLAIN].items()):
@@ -173,6 +167,12 @@ def build_table(root: str, merge_rate: float = 0.5, weights: Sequence[float] = W
                         [f"prototypes w={w:g}"] if w else [])
                     candidates.append((" + ".join(parts), run, w, debiased))
         rows["best combination"] = _best(candidates, merge_rate, difficult)
+        if seed in zsclip:
+            check_same_data(plain.test, zsclip[seed].test)
+            val_map, test_map = _evaluate(zsclip[seed], merge_rate, 0.0, False, difficult)
+            rows["ZSCLIP"] = Cell(test_map, "", val_map)
+            rows["ZSCLIP + prototypes"] = _best([(f"w={w:g}", zsclip[seed], w, False)
+                                                 for w in weights], merge_rate, difficult)
         for name, cell in rows.items():
             table.rows.setdefault(name, {})[seed] = cell
     for variant, seeded in runs.items():
@@ -180,15 +180,6 @@ def build_table(root: str, merge_rate: float = 0.5, weights: Sequence[float] = W
         if seconds:
             table.seconds[variant] = seconds
     return table
-
-
-def mean_std(values: Sequence[float]) -> str:
-    """``mean ± std`` (sample std) with two decimals; one value alone; ``-`` for none."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def markdown(tables: Dict[str, Table]) -> str:
