@@ -1,4 +1,4 @@
-# Sourced by partial_labels.sh and few_shot.sh: one experiment of the paper's image-prompt side
+# Sourced by scripts/beyond_sweep.sh (the paper scripts use scripts/paper/common.sh): one experiment of the paper's image-prompt side
 # (an image-trained method, TaI-DPT, and their score ensemble with the rate chosen on val).
 #
 # Environment: DATA (DATASET.ROOT; unused for synthetic), OUTPUT (default output/image_prompts),

@@ -1,27 +1,26 @@
 #!/usr/bin/env bash
-# Every cell of the image-prompt side on one dataset and several seeds, then the table
-# (docs/IMAGE_PROMPTS_RESULTS.md was made with this on the synthetic world):
-#   zero-shot CLIP (the reference point);
-#   partial labels: DualCoOp at P in $PS, alone and + TaI-DPT;
-#   few-shot:       CoOpML at K in $SHOTS and CoCoOpML at K in $COCOOP_SHOTS, alone and + TaI-DPT.
+# Every cell of the image-prompt side on one dataset and several seeds, then its table
+# (docs/IMAGE_PROMPTS_RESULTS.md was made with this on the synthetic world), through the paper
+# scripts with the configs' full epochs: zero-shot CLIP and TaI-DPT (paper/table1.sh); partial
+# labels, DualCoOp at P in $PS (paper/table3.sh); few-shot, CoOpML at K in $SHOTS and CoCoOpML at
+# K in $COCOOP_SHOTS (paper/fig6.sh); each alone and + TaI-DPT, the rate chosen on val.
 #
-#   bash scripts/image_prompts_sweep.sh DATASET SEED...       # e.g. synthetic 1 2 3
+#   bash scripts/image_prompts_sweep.sh DATASET SEED...   # e.g. synthetic 1 2 3; DATA=~/data ... voc2007 1
 #
-# Environment: PS (default 0.1 0.5 0.9), SHOTS (1 2 4 8 16), COCOOP_SHOTS (4 16), TABLE (the
-# markdown written at the end, default OUTPUT/DATASET/image_prompts.md), and those of
-# scripts/image_prompts.sh (DATA, OUTPUT, RATES, OPTS). Finished cells are skipped, so a rerun resumes.
+# Environment: PS (default 0.1 0.5 0.9), SHOTS (1 2 4 8 16), COCOOP_SHOTS (4 16), OUTPUT (default
+# output/image_prompts), TABLE (default OUTPUT/<dataset folder>/image_prompts.md) and those of
+# scripts/paper/common.sh. Finished runs are skipped, so a rerun resumes.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
-HERE="$(dirname "$0")"
-source "$HERE/image_prompts.sh"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+source "$HERE/env.sh"
 DATASET=$1; shift
-export OUTPUT
-TABLE="${TABLE:-$OUTPUT/$DATASET/image_prompts.md}"
-for SEED in "$@"; do
-  dataset_setup "$DATASET" "$SEED"
-  zeroshot_run "$DATASET" "$SEED"
-  for P in ${PS:-0.1 0.5 0.9}; do bash "$HERE/partial_labels.sh" "$DATASET" "$P" "$SEED"; done
-  for K in ${SHOTS:-1 2 4 8 16}; do METHOD=CoOpML bash "$HERE/few_shot.sh" "$DATASET" "$K" "$SEED"; done
-  for K in ${COCOOP_SHOTS:-4 16}; do METHOD=CoCoOpML bash "$HERE/few_shot.sh" "$DATASET" "$K" "$SEED"; done
-done
-"$PY" "$HERE/image_prompts_table.py" "$OUTPUT/$DATASET" --output "$TABLE"
+export SEEDS="$*" FULL_EPOCHS=1 OUTPUT="${OUTPUT:-output/image_prompts}" DATASETS=$DATASET
+FLAGS=()
+FOLDER=$DATASET
+if [ "$DATASET" = synthetic ]; then FLAGS=(--synthetic) DATASETS=voc2007 FOLDER=synthetic-voc2007; fi
+bash "$HERE/paper/table1.sh" "${FLAGS[@]}"
+PS="${PS:-0.1 0.5 0.9}" bash "$HERE/paper/table3.sh" "${FLAGS[@]}"
+SHOTS="${SHOTS:-1 2 4 8 16}" METHOD=CoOpML bash "$HERE/paper/fig6.sh" "${FLAGS[@]}"
+SHOTS="${COCOOP_SHOTS:-4 16}" METHOD=CoCoOpML bash "$HERE/paper/fig6.sh" "${FLAGS[@]}"
+"$PY" "$HERE/image_prompts_table.py" "$OUTPUT/$FOLDER" --output "${TABLE:-$OUTPUT/$FOLDER/image_prompts.md}"

@@ -1,6 +1,7 @@
 """The ``taidpt`` command: ``train`` (= train.py), ``prepare`` (caption caches), ``synthetic``
 (the embedded synthetic world and its tiny CLIP), ``ensemble`` (two runs' saved predictions
-combined), ``tag`` (label image files with a trained run) and ``list`` (registered names).
+combined), ``tag`` (label image files with a trained run), ``report`` (the paper's tables from
+run folders), ``batch`` (a file of commands in one process) and ``list`` (registered names).
 
 One module per subcommand (``taidpt/cli/<name>.py``, each with ``add_parser(subparsers)`` and
 ``run(args)``); ``train`` keeps train.py's own parser (``taidpt.cli.train``).
@@ -29,7 +30,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taidpt.cli import ensemble, prepare, synthetic, tag
+    from taidpt.cli import batch, ensemble, prepare, report, synthetic, tag
 
     parser = argparse.ArgumentParser(prog="taidpt", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true",
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_parser(sub)
     ensemble.add_parser(sub)
     tag.add_parser(sub)
+    report.add_parser(sub)
+    batch.add_parser(sub)
     sub.add_parser("list", help="list registered trainers, datasets and evaluators").set_defaults(func=_run_list)
     return parser
 

@@ -2,14 +2,17 @@
 
     taidpt ensemble output/taidpt output/dualcoop --rate 0.5 0.7 0.9 --split val
     taidpt ensemble output/taidpt output/dualcoop --rate 0.9
+    taidpt ensemble output/taidpt output/dualcoop --rate-from output/dualcoop/ensemble_val.json
 
 Reads each run's ``predictions_<split>.npz``; prints the mAP of A, of B and of
 ``(1 - r) * minmax(A) + r * minmax(B)`` at each rate r; writes ``ensemble.json`` (test) or
-``ensemble_val.json`` (val). Choose the rate on val, then apply it on test.
+``ensemble_val.json`` (val). Choose the rate on val, then apply it on test (``--rate-from``: the
+best rate of an ``ensemble_val.json``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 
 from tabulate import tabulate
 
@@ -26,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("run_b", metavar="RUN_B", help="OUTPUT_DIR of the image-prompt run (DualCoOp, CoOp)")
     parser.add_argument("--rate", type=float, nargs="+", default=[0.5],
                         help="weight(s) of run B in [0, 1] (default 0.5)")
+    parser.add_argument("--rate-from", default="", metavar="JSON",
+                        help="use the best_rate of this ensemble_val.json (instead of --rate)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="predictions to read (default test)")
     parser.add_argument("--head-a", default="", help="score head of run A (default: its headline, "
                                                      "TaI-DPT: merged)")
@@ -52,8 +57,19 @@ def format_report(record: dict) -> str:
     ])
 
 
+def chosen_rate(path: str) -> float:
+    """The ``best_rate`` of an ``ensemble_val.json`` that ``taidpt ensemble --split val`` wrote."""
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("split") != "val" or "best_rate" not in record:
+        raise ValueError(f"--rate-from {path}: not an ensemble_val.json (split val, best_rate); write "
+                         "it with taidpt ensemble RUN_A RUN_B --split val --rate ...")
+    return float(record["best_rate"])
+
+
 def run(args: argparse.Namespace) -> int:
-    record = ensemble_report(args.run_a, args.run_b, args.rate, split=args.split, head_a=args.head_a,
+    rates = [chosen_rate(args.rate_from)] if args.rate_from else args.rate
+    record = ensemble_report(args.run_a, args.run_b, rates, split=args.split, head_a=args.head_a,
                              head_b=args.head_b, difficult=args.difficult)
     print(format_report(record))
     print(f"Written: {write_report(record, args.output_dir or args.run_b)}")
