@@ -32,6 +32,7 @@ from taidpt.engine.optim import LR_SCHEDULERS, OPTIMIZERS, WARMUP_TYPES
 from taidpt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
 from taidpt.losses import DOUBLE_LOSSES, KNOWN_LABEL_LOSSES
 from taidpt.metrics import DIFFICULT_MODES
+from taidpt.models.feature_cache import FEATURE_DTYPES
 from taidpt.models.precision import PRECISIONS
 from taidpt.models.prompts import CLASS_TOKEN_POSITIONS
 from taidpt.trainers.dualcoop import LOSSES as DUALCOOP_LOSSES
@@ -355,6 +356,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "TEST.FINAL_MODEL": FINAL_MODELS,
     "DATASET.DIFFICULT": DIFFICULT_MODES,
     "DATASET.CAPTIONS.SOURCE": ("",) + SOURCES,
+    "DATASET.CAPTIONS.FEATURE_CACHE_DTYPE": tuple(FEATURE_DTYPES),
     "DATASET.COCO2014.CLASSES": COCO_CLASS_SUBSETS,
     "DATASET.SYNTHETIC.CLASSES": SYNTHETIC_CLASS_SUBSETS,
     "INPUT.INTERPOLATION": tuple(INTERPOLATION),

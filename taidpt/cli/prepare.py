@@ -3,18 +3,23 @@
     taidpt prepare --dataset-config-file configs/datasets/coco2014_caption.yaml --root DATA
 
 ``train.py`` finds the result by itself (same config, class list and context length).
+``--features`` also computes the caption feature cache (``DATASET.CAPTIONS.FEATURE_CACHE``) with
+the configured CLIP (``MODEL.BACKBONE``, ``TRAINER.TAIDPT.PREC``), so training starts at once.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Dict
 
+import torch
 from tabulate import tabulate
 
 from taidpt.config import setup_cfg
 from taidpt.datasets.base import build_dataset
-from taidpt.datasets.captions import prepare
-from taidpt.models import backbone_context_length
+from taidpt.datasets._common import cache_root
+from taidpt.datasets.captions import build_caption_corpus, prepare
+from taidpt.models import backbone_context_length, load_backbone
+from taidpt.models.feature_cache import caption_feature_cache
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -30,7 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, default=0,
                         help="token length of the CLIP text encoder (default: read from "
                              "MODEL.BACKBONE.PATH / NAME; 77 for OpenAI CLIPs)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the caches exist")
+    parser.add_argument("--features", action="store_true",
+                        help="also build the caption feature cache with the configured CLIP "
+                             "(DATASET.CAPTIONS.FEATURE_CACHE_DTYPE)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     parser.set_defaults(func=run)
     return parser
@@ -58,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = setup_cfg(args.dataset_config_file, args.config_file,
                     flags={"DATASET.ROOT": args.root}, opts=args.opts)
     length = args.context_length or backbone_context_length(cfg)
-    path, stats = prepare(cfg, build_dataset(cfg), length, force=args.force)
+    dataset = build_dataset(cfg)
+    path, stats = prepare(cfg, dataset, length, force=args.force)
     print(format_stats(path, stats))
+    if args.features:
+        device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
+        clip_model = load_backbone(cfg, cfg.TRAINER.TAIDPT.PREC).to(device)
+        tokens = build_caption_corpus(cfg, dataset, length, progress=False).tokens
+        features = caption_feature_cache(cfg, clip_model, tokens, cache_root(cfg), device, args.force)
+        print(f"Caption features ({features.header['dtype']}, {features.header['tokens']} tokens, "
+              f"{features.nbytes / 2 ** 20:.1f} MB): {features.path}")
     return 0

@@ -57,6 +57,10 @@ def get_engine_defaults() -> CN:
     _C.DATASET.CAPTIONS.LIMIT_PER_CLASS = -1  # NUS-WIDE "limit" sampler (1000); -1 off
     _C.DATASET.CAPTIONS.TEMPLATES = True  # add 89 template sentences per class
     _C.DATASET.CAPTIONS.CACHE_DIR = ""  # "" -> $TAIDPT_CACHE or ~/.cache/taidpt
+    # Train on the captions' frozen CLIP text features, computed once into <cache>/caption_features
+    # (memory-mapped; keyed by the CLIP text weights and the tokens); False re-encodes every batch.
+    _C.DATASET.CAPTIONS.FEATURE_CACHE = True
+    _C.DATASET.CAPTIONS.FEATURE_CACHE_DTYPE = "fp16"  # fp16 (half the size) or fp32 (exact)
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
 from taidpt.clip import dense_image_features, text_sequence_features, tokenize
+from taidpt.datasets._common import cache_root
 from taidpt.datasets.captions import build_caption_corpus
 from taidpt.engine.data import seeded_generator
 from taidpt.engine.optim import build_lr_scheduler, build_optimizer
@@ -31,6 +32,7 @@ from taidpt.engine.trainer import SimpleTrainer
 from taidpt.losses import REFERENCE_LOSSES, double_loss
 from taidpt.models import (PromptContext, PrecisionStep, Scale, TwoContextModel, check_precision,
                            load_backbone, spatial_pool)
+from taidpt.models.feature_cache import CaptionFeatureDataset, caption_feature_cache
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,13 @@ class TaIDPTModel(TwoContextModel):
     def forward_text(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Captions ``B x L`` -> (global logits, local logits), ``B x C`` each (SPEC 2)."""
         tokens = cut_after_last_eos(tokens)
-        eos, sequence = self.caption_features(tokens)
+        return self.forward_caption_features(tokens, *self.caption_features(tokens))
+
+    def forward_caption_features(self, tokens: torch.Tensor, eos: torch.Tensor,
+                                 sequence: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Captions from their features (SPEC 2; the caption feature cache): tokens ``B x L'``,
+        EOS features ``B x D``, token features ``B x L' x D`` -> (global, local) logits
+        ``B x C``. Positions whose token id is 0 are masked, whatever features they hold."""
         return self._logits(eos, sequence.permute(1, 0, 2), padding_mask(tokens, sequence.dtype),
                             self.spatial_temperature(self.spatial_scale_text))
 
@@ -209,11 +217,19 @@ class TaIDPT(SimpleTrainer):
         super().before_train()
 
     def build_caption_loader(self) -> DataLoader:
+        """Batches of the corpus' cached CLIP features (``DATASET.CAPTIONS.FEATURE_CACHE``) or of
+        its tokens; the same seeded shuffle either way."""
         corpus = build_caption_corpus(self.cfg, self.dataset, self.clip_model.context_length)
+        dataset, collate = corpus, None
+        if self.cfg.DATASET.CAPTIONS.FEATURE_CACHE:
+            features = caption_feature_cache(self.cfg, self.clip_model, corpus.tokens,
+                                             cache_root(self.cfg), self.device)
+            dataset = CaptionFeatureDataset(corpus.tokens, corpus.labels, features)
+            collate = dataset.collate
         batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
-        # In-memory token tensors: worker processes would only add start-up time. Dassl drops
-        # the last incomplete training batch.
-        loader = DataLoader(corpus, batch_size=batch_size, shuffle=True,
+        # In-memory tokens / memory-mapped features: worker processes would only add start-up
+        # time. Dassl drops the last incomplete training batch.
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                             drop_last=len(corpus) >= batch_size, generator=seeded_generator(self.cfg))
         logger.info("Training on %d captions, %d batches of %d", len(corpus), len(loader), batch_size)
         return loader
@@ -235,7 +251,12 @@ class TaIDPT(SimpleTrainer):
         tokens, labels = self.parse_batch_train(batch)
         c = self.cfg.TRAINER.TAIDPT
         with self.precision.autocast():
-            global_logits, local_logits = self.model.forward_text(tokens)
+            if "sequence" in batch:  # cached caption features
+                dtype = self.model.clip.dtype
+                global_logits, local_logits = self.model.forward_caption_features(
+                    tokens, batch["eos"].to(self.device, dtype), batch["sequence"].to(self.device, dtype))
+            else:
+                global_logits, local_logits = self.model.forward_text(tokens)
             loss = double_loss(c.LOSS, global_logits, local_logits, labels)
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
