@@ -87,6 +87,18 @@ dataset_setup() {
   COMMON+=("${EXTRA_OPTS[@]}")
 }
 
+# for_each_cell FUNCTION: dataset_setup for every seed and dataset of SEEDS x DATASETS (SEED and
+# DATASET set), then FUNCTION, which plans that seed's and dataset's runs.
+for_each_cell() {
+  local plan_cell=$1
+  for SEED in $SEEDS; do
+    for DATASET in $DATASETS; do
+      dataset_setup "$DATASET" "$SEED"
+      "$plan_cell"
+    done
+  done
+}
+
 # world_flags KEY VALUE...: the DATASET.SYNTHETIC.* opts as `taidpt synthetic` flags.
 world_flags() {
   while [ $# -ge 2 ]; do

@@ -12,20 +12,18 @@ source "$(dirname "$0")/common.sh"
 paper_init "$@"
 SHOTS="${SHOTS:-1 2 4 8 16}"
 METHOD="${METHOD:-CoOpML}"
-for SEED in $SEEDS; do
-  for DATASET in $DATASETS; do
-    dataset_setup "$DATASET" "$SEED"
-    taidpt_run
-    for K in $SHOTS; do
-      EPOCHS=()
-      if [ "$SYNTHETIC" = 1 ] && [ "$FULL_EPOCHS" != 1 ]; then
-        EPOCHS=(OPTIM.MAX_EPOCH 20)
-      elif [ "$METHOD" = CoOpML ]; then  # CoOp's epochs by shots (the CoOpML configs' header)
-        case "$K" in 1|2) EPOCHS=(OPTIM.MAX_EPOCH 50) ;; 4|8) EPOCHS=(OPTIM.MAX_EPOCH 100) ;; *) EPOCHS=(OPTIM.MAX_EPOCH 200) ;; esac
-      fi
-      image_run "$RUN_ROOT/$METHOD/k$K/seed$SEED" "$METHOD" DATASET.NUM_SHOTS "$K" "${EPOCHS[@]}"
-      ensemble_run "$RUN_ROOT/$METHOD/k$K/seed$SEED" "$RUN_ROOT/$METHOD+TaIDPT/k$K/seed$SEED"
-    done
+cells() {
+  taidpt_run
+  for K in $SHOTS; do
+    EPOCHS=()
+    if [ "$SYNTHETIC" = 1 ] && [ "$FULL_EPOCHS" != 1 ]; then
+      EPOCHS=(OPTIM.MAX_EPOCH 20)
+    elif [ "$METHOD" = CoOpML ]; then  # CoOp's epochs by shots (the CoOpML configs' header)
+      case "$K" in 1|2) EPOCHS=(OPTIM.MAX_EPOCH 50) ;; 4|8) EPOCHS=(OPTIM.MAX_EPOCH 100) ;; *) EPOCHS=(OPTIM.MAX_EPOCH 200) ;; esac
+    fi
+    image_run "$RUN_ROOT/$METHOD/k$K/seed$SEED" "$METHOD" DATASET.NUM_SHOTS "$K" "${EPOCHS[@]}"
+    ensemble_run "$RUN_ROOT/$METHOD/k$K/seed$SEED" "$RUN_ROOT/$METHOD+TaIDPT/k$K/seed$SEED"
   done
-done
+}
+for_each_cell cells
 run_plan fig6

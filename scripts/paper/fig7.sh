@@ -12,13 +12,11 @@ source "$(dirname "$0")/common.sh"
 paper_init "$@"
 if [ "$SYNTHETIC" = 1 ]; then CAPTIONS="${CAPTIONS:-100 200 400 800}"; fi
 CAPTIONS="${CAPTIONS:-1000 2000 4000 8000 16000 32000 64000}"
-for SEED in $SEEDS; do
-  for DATASET in $DATASETS; do
-    dataset_setup "$DATASET" "$SEED"
-    taidpt_run
-    for N in $CAPTIONS; do
-      taidpt_run "captions_$N" DATASET.CAPTIONS.MAX_CAPTIONS "$N"
-    done
+cells() {
+  taidpt_run
+  for N in $CAPTIONS; do
+    taidpt_run "captions_$N" DATASET.CAPTIONS.MAX_CAPTIONS "$N"
   done
-done
+}
+for_each_cell cells
 run_plan fig7

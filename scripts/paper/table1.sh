@@ -10,11 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 paper_init "$@"
-for SEED in $SEEDS; do
-  for DATASET in $DATASETS; do
-    dataset_setup "$DATASET" "$SEED"
-    zeroshot_run
-    taidpt_run
-  done
-done
+cells() {
+  zeroshot_run
+  taidpt_run
+}
+for_each_cell cells
 run_plan table1

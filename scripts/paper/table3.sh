@@ -11,14 +11,12 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 paper_init "$@"
 PS="${PS:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9}"
-for SEED in $SEEDS; do
-  for DATASET in $DATASETS; do
-    dataset_setup "$DATASET" "$SEED"
-    taidpt_run
-    for P in $PS; do
-      image_run "$RUN_ROOT/DualCoOp/p$P/seed$SEED" DualCoOp DATASET.PARTIAL_PROB "$P"
-      ensemble_run "$RUN_ROOT/DualCoOp/p$P/seed$SEED" "$RUN_ROOT/DualCoOpTaIDPT/p$P/seed$SEED"
-    done
+cells() {
+  taidpt_run
+  for P in $PS; do
+    image_run "$RUN_ROOT/DualCoOp/p$P/seed$SEED" DualCoOp DATASET.PARTIAL_PROB "$P"
+    ensemble_run "$RUN_ROOT/DualCoOp/p$P/seed$SEED" "$RUN_ROOT/DualCoOpTaIDPT/p$P/seed$SEED"
   done
-done
+}
+for_each_cell cells
 run_plan table3

@@ -11,12 +11,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 paper_init "$@"
-for SEED in $SEEDS; do
-  for DATASET in $DATASETS; do
-    dataset_setup "$DATASET" "$SEED"
-    taidpt_run
-    taidpt_run loss_bce TRAINER.TAIDPT.LOSS bce
-    taidpt_run loss_asl_mean TRAINER.TAIDPT.LOSS asl_mean
-  done
-done
+cells() {
+  taidpt_run
+  taidpt_run loss_bce TRAINER.TAIDPT.LOSS bce
+  taidpt_run loss_asl_mean TRAINER.TAIDPT.LOSS asl_mean
+}
+for_each_cell cells
 run_plan table4
