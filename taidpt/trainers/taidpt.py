@@ -33,6 +33,7 @@ from taidpt.losses import REFERENCE_LOSSES, double_loss
 from taidpt.models import (PromptContext, PrecisionStep, Scale, TwoContextModel, check_precision,
                            load_backbone, spatial_pool)
 from taidpt.models.feature_cache import CaptionFeatureDataset, caption_feature_cache
+from taidpt.models.image_feature_cache import FeatureCacheEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,11 @@ class TaIDPTModel(TwoContextModel):
 
     def forward_image(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Images ``B x 3 x H x W`` -> (global logits, local logits), ``B x C`` each (SPEC 3)."""
-        global_feat, dense = self.image_features(images)
+        return self.image_logits(*self.image_features(images))
+
+    def image_logits(self, global_feat: torch.Tensor,
+                     dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Global ``B x D`` and dense ``HW x B x D`` image features -> (global, local) logits."""
         return self._logits(global_feat, dense, None,
                             self.spatial_temperature(self.spatial_scale_image))
 
@@ -160,7 +165,7 @@ class TaIDPTModel(TwoContextModel):
 
 
 @TRAINER_REGISTRY.register(aliases=("Caption_distill_double",))
-class TaIDPT(SimpleTrainer):
+class TaIDPT(FeatureCacheEvaluation, SimpleTrainer):
     """Trains the prompt learner on a caption corpus; tests on the dataset's images and reports
     global ("TaI"), local and merged ("TaI-DPT") mAP."""
 
@@ -261,8 +266,13 @@ class TaIDPT(SimpleTrainer):
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
 
-    def model_inference(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_image(images)
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.image_features(images)
+
+    def features_inference(self, global_feat: torch.Tensor,
+                           dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(global, local) logits ``B x C``."""
+        return self.model.image_logits(global_feat, dense)
 
     def test(self, split: Optional[str] = None) -> dict:
         """Evaluate with the class embeddings computed once."""

@@ -18,6 +18,7 @@ from taidpt.clip import dense_image_features, encode_text, tokenize
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.models import load_backbone, spatial_pool
+from taidpt.models.image_feature_cache import FeatureCacheEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,30 @@ class ZeroshotCLIPModel(nn.Module):
         self.scale = float(clip_model.logit_scale.exp())
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Images ``B x 3 x H x W`` -> (global logits ``B x C``, dense logits ``B x C``)."""
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``B x 3 x H x W`` -> (stock global ``B x D``, dense ``HW x B x D``), not
+        normalised."""
+        return dense_image_features(self.clip, images, global_positional=True)
+
+    @torch.no_grad()
+    def image_logits(self, global_feat: torch.Tensor,
+                     dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Image features -> (global logits ``B x C``, dense logits ``B x C``)."""
         text = self.text_features
-        global_feat, dense = dense_image_features(self.clip, images, global_positional=True)
         global_feat = F.normalize(global_feat, dim=-1)
         similarity = F.normalize(dense, dim=-1) @ text.t()
         return self.scale * global_feat @ text.t(), spatial_pool(similarity, self.scale, self.scale)[0]
 
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``B x 3 x H x W`` -> (global logits ``B x C``, dense logits ``B x C``)."""
+        return self.image_logits(*self.image_features(images))
+
 
 @TRAINER_REGISTRY.register(aliases=("ZeroshotCLIP_dense",))
-class ZeroshotCLIP(SimpleTrainer):
+class ZeroshotCLIP(FeatureCacheEvaluation, SimpleTrainer):
     """No training: ``--eval-only`` reports ZSCLIP (global), DPT (local) and merged mAP."""
+
+    image_feature_kind = "dense_image_features(global_positional=True)"
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -58,11 +71,18 @@ class ZeroshotCLIP(SimpleTrainer):
         return self.cfg.TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE
 
     def build_model(self) -> None:
-        clip_model = load_backbone(self.cfg)
+        self.clip_model = clip_model = load_backbone(self.cfg)
         logger.info("Building zero-shot CLIP for %d classes", self.num_classes)
         self.model = ZeroshotCLIPModel(clip_model, self.classnames,
                                        self.cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE).to(self.device)
         self.register_model("clip", self.model)
+
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.image_features(images)
+
+    def features_inference(self, global_feat: torch.Tensor,
+                           dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.image_logits(global_feat, dense)
 
     def save_model(self, *args, **kwargs) -> None:
         """Nothing is trained: no checkpoint."""
