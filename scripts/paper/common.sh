@@ -8,10 +8,11 @@
 #
 # Environment: DATA (DATASET.ROOT, see DATA.md; not needed with --synthetic), OUTPUT (default
 # output/paper), SEEDS (default 1 2 3; --synthetic: 1), GPUS (default 1; > 1: every train.py run
-# under torchrun --nproc_per_node GPUS), DATASETS (default voc2007 coco2014 nuswide), RATES (the
-# ensemble rates tried on val, default 0.1 .. 0.9), OPTS (extra KEY VALUE opts for every train.py
-# run), SYNTHETIC_WORLD (extra DATASET.SYNTHETIC.* opts with --synthetic, e.g. a smaller world),
-# FULL_EPOCHS (1: the tiny_synthetic configs' own epochs with --synthetic, instead of a few).
+# under torchrun --nproc_per_node GPUS; TORCHRUN: its path), DATASETS (default voc2007 coco2014
+# nuswide), RATES (the ensemble rates tried on val, default 0.1 .. 0.9), OPTS (extra KEY VALUE
+# opts for every train.py run), SYNTHETIC_WORLD (extra DATASET.SYNTHETIC.* opts with --synthetic,
+# e.g. a smaller world), FULL_EPOCHS (1: the tiny_synthetic configs' own epochs with --synthetic,
+# instead of a few).
 # Flags: --synthetic (the same loops on the synthetic world of each seed and its tiny CLIP, with
 # the configs/trainers/*/tiny_synthetic.yaml settings and few epochs; the folders are
 # synthetic-<dataset>, the stand-in of each dataset: the same world, NUS-WIDE's with its image
@@ -38,6 +39,7 @@ paper_init() {
   done
   OUTPUT="${OUTPUT:-output/paper}"
   GPUS="${GPUS:-1}"
+  TORCHRUN="${TORCHRUN:-$(dirname "$PY")/torchrun}"  # torch's launcher beside the interpreter
   RATES="${RATES:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9}"
   DATASETS="${DATASETS:-voc2007 coco2014 nuswide}"
   FULL_EPOCHS="${FULL_EPOCHS:-0}"
@@ -207,7 +209,7 @@ run_plan() {
         eval "set -- $line"
         if [ "$1" = train ]; then
           shift
-          torchrun --nproc_per_node "$GPUS" "$TAIDPT_ROOT/train.py" "$@"
+          "$TORCHRUN" --nproc_per_node "$GPUS" "$TAIDPT_ROOT/train.py" "$@"
         else
           "$PY" -m taidpt.cli "$@"
         fi
