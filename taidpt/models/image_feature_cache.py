@@ -182,9 +182,9 @@ def cached_image_features(loader: DataLoader, extract: Extractor, weights_digest
 
 class FeatureCacheEvaluation:
     """Mixin (before ``SimpleTrainer``) for a trainer whose evaluation scores are a function of
-    the frozen CLIP's image features: it defines :meth:`image_features` (images -> (global
-    ``B x D``, dense ``HW x B x D``)), :meth:`features_inference` ((global, dense) -> scores) and
-    ``image_feature_kind``. ``model_inference(images)`` chains the two; with
+    the frozen CLIP's image features: :meth:`image_features` (images -> (global ``B x D``, dense
+    ``HW x B x D``); default ``self.model.image_features``), :meth:`features_inference` ((global,
+    dense) -> scores, the trainer's) and ``image_feature_kind``. ``model_inference(images)`` chains the two; with
     ``TEST.FEATURE_CACHE`` evaluation reads each split's cached features instead (built by rank 0
     under torchrun, then read by every rank for its shard)."""
 
@@ -192,7 +192,7 @@ class FeatureCacheEvaluation:
     image_feature_kind = "dense_image_features"
 
     def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        return self.model.image_features(images)
 
     def features_inference(self, global_feat: torch.Tensor, dense: torch.Tensor):
         raise NotImplementedError

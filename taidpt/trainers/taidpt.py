@@ -266,9 +266,6 @@ class TaIDPT(FeatureCacheEvaluation, SimpleTrainer):
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
 
-    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model.image_features(images)
-
     def features_inference(self, global_feat: torch.Tensor,
                            dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(global, local) logits ``B x C``."""

@@ -77,9 +77,6 @@ class ZeroshotCLIP(FeatureCacheEvaluation, SimpleTrainer):
                                        self.cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE).to(self.device)
         self.register_model("clip", self.model)
 
-    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model.image_features(images)
-
     def features_inference(self, global_feat: torch.Tensor,
                            dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.model.image_logits(global_feat, dense)
