@@ -71,7 +71,8 @@ def _run(nproc, out, args, cwd):
     run = subprocess.run([*launcher, str(script), str(out) + ".losses", "--output-dir", str(out), *args],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    return [json.loads(line)["loss"] for line in open(str(out) + ".losses")], run
+    losses = str(out) + ".losses"
+    return [json.loads(line)["loss"] for line in open(losses)] if os.path.exists(losses) else [], run
 
 
 def _prompts(out, epoch):
@@ -126,3 +127,23 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_clip_file):
     np.testing.assert_allclose(resumed[-3:], ddp[3:], rtol=0, atol=1e-6)
     for key, value in _prompts(tmp_path / "single", 2).items():
         torch.testing.assert_close(_prompts(out, 2)[key], value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_from_the_image_feature_cache_equals_direct(tmp_path, tiny_clip_file):
+    root = tmp_path / "data"
+    write_image_list(str(root), TOY_CLASSES, n=7, synonyms=TOY_SYNONYMS, size=40)
+    args = ["--trainer", "ZeroshotCLIP", "--eval-only", "--root", str(root),
+            "--dataset-config-file", os.path.join(REPO, "configs/datasets/image_list.yaml"),
+            "--config-file", os.path.join(REPO, "configs/trainers/ZeroshotCLIP/rn50.yaml"),
+            "MODEL.BACKBONE.PATH", tiny_clip_file, "INPUT.SIZE", "(64, 64)",
+            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "3"]
+    _run(1, tmp_path / "direct", args, tmp_path)
+    _run(2, tmp_path / "cached", [*args, "TEST.FEATURE_CACHE", "True"], tmp_path)
+    ids, scores = _predictions(tmp_path / "direct")
+    cached_ids, cached = _predictions(tmp_path / "cached")
+    assert cached_ids == ids and len(ids) == 7 and scores.keys() == cached.keys()
+    for head, values in scores.items():
+        np.testing.assert_allclose(cached[head], values, rtol=0, atol=1e-5, err_msg=head)
+    log = (tmp_path / "cached" / "log.txt").read_text()
+    assert log.count("Cached the image features of 7 images") == 1  # rank 0 built it
