@@ -127,6 +127,9 @@ def build_image_features(folder: str, key: str, loader: DataLoader, extract: Ext
     """Encode every image of ``loader`` (batches ``{"img"}`` in split order) with ``extract``
     (images -> (global ``B x D``, dense ``HW x B x D``)) into ``folder``; ``meta.json`` last."""
     os.makedirs(folder, exist_ok=True)
+    meta_path = os.path.join(folder, "meta.json")
+    if os.path.exists(meta_path):  # a rebuild: no meta may vouch for files being replaced
+        os.remove(meta_path)
     n = len(loader.dataset)
     temps: List[Tuple[str, np.memmap]] = []
     done = 0
@@ -151,7 +154,7 @@ def build_image_features(folder: str, key: str, loader: DataLoader, extract: Ext
     shapes = [list(np.load(os.path.join(folder, name), mmap_mode="r").shape) for name in FILES]
     meta = {"version": FORMAT_VERSION, "key": key, "shapes": shapes, "sizes": _file_sizes(folder),
             "description": description}
-    atomic_write(os.path.join(folder, "meta.json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     features, why = load_image_features(folder, key, n)
     if features is None:
         raise RuntimeError(f"the image feature cache just written to {folder} does not verify: {why}")
