@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from taidpt.clip import text_sequence_features
+from taidpt.engine.distributed import barrier, is_main_process
 from taidpt.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -205,9 +206,18 @@ def load_or_build_caption_features(clip_model: nn.Module, tokens: torch.Tensor, 
 def caption_feature_cache(cfg, clip_model: nn.Module, tokens: torch.Tensor, cache_root: str,
                           device: Optional[torch.device] = None, force: bool = False) -> CaptionFeatures:
     """The features of a corpus' ``tokens`` (``N x L``) in ``cache_root/caption_features``, in
-    ``DATASET.CAPTIONS.FEATURE_CACHE_DTYPE`` (:func:`load_or_build_caption_features`)."""
-    return load_or_build_caption_features(clip_model, tokens, os.path.join(cache_root, "caption_features"),
-                                          cfg.DATASET.CAPTIONS.FEATURE_CACHE_DTYPE, device, force=force)
+    ``DATASET.CAPTIONS.FEATURE_CACHE_DTYPE`` (:func:`load_or_build_caption_features`). Under
+    torchrun rank 0 builds it while the other ranks wait, then they read it."""
+    def load(rebuild: bool) -> CaptionFeatures:
+        return load_or_build_caption_features(clip_model, tokens, os.path.join(cache_root, "caption_features"),
+                                              cfg.DATASET.CAPTIONS.FEATURE_CACHE_DTYPE, device, force=rebuild)
+
+    if not is_main_process():
+        barrier()
+        return load(False)
+    features = load(force)
+    barrier()
+    return features
 
 
 class CaptionFeatureDataset(Dataset):
