@@ -23,6 +23,8 @@ SCRIPT="$(basename "$0" .sh)"
 PLAN=()
 declare -A CLIP_OF=()  # seed -> the synthetic world's tiny CLIP
 declare -A PLANNED=()  # output folders already in the plan
+# With --synthetic (unless FULL_EPOCHS 1): the epochs of each trainer's trainings.
+declare -A QUICK_EPOCHS=([TaIDPT]=3 [DualCoOp]=1 [CoOpML]=20 [CoCoOpML]=5)
 
 say() { echo "[$SCRIPT] $*"; }
 
@@ -127,15 +129,17 @@ plan() {
   PLAN+=("${line% }")
 }
 
-# plan_train DIR TRAINER DATASET_CFG [OPTS...]: train into DIR unless DIR/results_test.json exists.
+# plan_train DIR TRAINER DATASET_CFG [OPTS...]: train into DIR unless DIR/results_test.json exists
+# (with --synthetic, for QUICK_EPOCHS epochs).
 plan_train() {
-  local dir=$1 trainer=$2 dataset_cfg=$3
+  local dir=$1 trainer=$2 dataset_cfg=$3 quick=()
   shift 3
   if [ -f "$dir/results_test.json" ]; then say "done: $dir"; return; fi
   if [ -n "${PLANNED[$dir]:-}" ]; then return; fi
   PLANNED[$dir]=1
+  if [ "$SYNTHETIC" = 1 ] && [ "$FULL_EPOCHS" != 1 ]; then quick=(OPTIM.MAX_EPOCH "${QUICK_EPOCHS[$trainer]}"); fi
   plan train --trainer "$trainer" --dataset-config-file "$dataset_cfg" --config-file "$(cfg_of "$trainer")" \
-    --output-dir "$dir" "${COMMON[@]}" "$@"
+    --output-dir "$dir" "${COMMON[@]}" "$@" "${quick[@]}"
 }
 
 # plan_eval DIR TRAINER DATASET_CFG MODEL_DIR SPLIT [OPTS...]: evaluate MODEL_DIR's model (none
@@ -170,9 +174,7 @@ taidpt_run() {
   local setting=${1:-}
   shift || true
   TAIDPT_DIR="$RUN_ROOT/TaIDPT${setting:+/$setting}/seed$SEED"
-  local epochs=()
-  if [ "$SYNTHETIC" = 1 ] && [ "$FULL_EPOCHS" != 1 ]; then epochs=(OPTIM.MAX_EPOCH 3); fi
-  plan_train "$TAIDPT_DIR" TaIDPT "$CAPTION_CFG" "${epochs[@]}" "$@"
+  plan_train "$TAIDPT_DIR" TaIDPT "$CAPTION_CFG" "$@"
 }
 
 # image_run DIR TRAINER [OPTS...]: an image-prompt method trained on the training images -> DIR,

@@ -16,9 +16,7 @@ cells() {
   taidpt_run
   for K in $SHOTS; do
     EPOCHS=()
-    if [ "$SYNTHETIC" = 1 ] && [ "$FULL_EPOCHS" != 1 ]; then
-      EPOCHS=(OPTIM.MAX_EPOCH 20)
-    elif [ "$METHOD" = CoOpML ]; then  # CoOp's epochs by shots (the CoOpML configs' header)
+    if [ "$METHOD" = CoOpML ]; then  # CoOp's epochs by shots (the CoOpML configs' header)
       case "$K" in 1|2) EPOCHS=(OPTIM.MAX_EPOCH 50) ;; 4|8) EPOCHS=(OPTIM.MAX_EPOCH 100) ;; *) EPOCHS=(OPTIM.MAX_EPOCH 200) ;; esac
     fi
     image_run "$RUN_ROOT/$METHOD/k$K/seed$SEED" "$METHOD" DATASET.NUM_SHOTS "$K" "${EPOCHS[@]}"
