@@ -5,12 +5,13 @@
 #   plain      TaI-DPT (trained here, or evaluated from $REUSE/TaIDPT/seed<S> when that run exists:
 #              scripts/image_prompts_sweep.sh's);
 #   meanshift  TaI-DPT trained with TRAINER.TAIDPT.MEAN_SHIFT True;
-#   noise<STD> TaI-DPT trained with TRAINER.TAIDPT.NOISE_STD STD.
+#   noise<STD> TaI-DPT trained with TRAINER.TAIDPT.NOISE_STD STD;
+#   zsclip     zero-shot CLIP (nothing trained; TRAINER.ZEROSHOTCLIP.PROTOTYPES.ENABLED).
 #
 #   bash scripts/beyond_sweep.sh DATASET SEED...       # e.g. synthetic 1 2 3
 #
 # Environment: OUTPUT (default output/beyond; runs go to OUTPUT/DATASET/<variant>/seed<S>),
-# VARIANTS (run in this order, default "plain meanshift noise0.02 noise0.1"), REUSE (default
+# VARIANTS (run in this order, default "plain zsclip meanshift noise0.02 noise0.1"), REUSE (default
 # OUTPUT), JOBS (seeds at a time, default 1), TABLE (markdown written at the end, default
 # OUTPUT/DATASET/beyond.md) and scripts/image_prompts.sh's DATA, OPTS. Finished runs are skipped,
 # so a rerun resumes.
@@ -32,23 +33,40 @@ variant_run() {
   train_and_validate "$dir" TaIDPT "$CAPTION_DATASET_CFG" "${PROTOTYPES[@]}" "$@"
 }
 
-# reused_run MODEL_DIR DIR: evaluate a finished TaI-DPT run on test (DIR) and val (DIR/val).
-reused_run() {
-  local model=$1 dir=$2 split out
+# evaluate DIR FLAGS... -- OPTS...: train.py --eval-only FLAGS ... OPTS on test (into DIR) and val
+# (DIR/val), unless done.
+evaluate() {
+  local dir=$1 flags=() split out
+  shift
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
   for split in test val; do
     out="$dir"; [ "$split" = val ] && out="$dir/val"
     [ -f "$out/results_$split.json" ] && continue
-    say "evaluate $model on $split -> $out"
-    "$PY" "$TAIDPT_ROOT/train.py" --trainer TaIDPT --dataset-config-file "$CAPTION_DATASET_CFG" \
-      --config-file "$(method_cfg TaIDPT)" "${COMMON[@]}" --eval-only --model-dir "$model" \
-      --output-dir "$out" "${COMMON_OPTS[@]}" "${PROTOTYPES[@]}" TEST.SPLIT "$split"
+    say "evaluate on $split -> $out"
+    "$PY" "$TAIDPT_ROOT/train.py" "${flags[@]}" "${COMMON[@]}" --eval-only --output-dir "$out" \
+      "${COMMON_OPTS[@]}" "$@" TEST.SPLIT "$split"
   done
+}
+
+# reused_run MODEL_DIR DIR: evaluate a finished TaI-DPT run.
+reused_run() {
+  evaluate "$2" --trainer TaIDPT --dataset-config-file "$CAPTION_DATASET_CFG" \
+    --config-file "$(method_cfg TaIDPT)" --model-dir "$1" -- "${PROTOTYPES[@]}"
+}
+
+# zeroshot_prototypes DIR: zero-shot CLIP with its prototype heads.
+zeroshot_prototypes() {
+  local cfg=()
+  if [ -n "$CFG_SUFFIX" ]; then cfg=(--config-file "$CONFIGS/trainers/ZeroshotCLIP/rn50.yaml"); fi
+  evaluate "$1" --trainer ZeroshotCLIP --dataset-config-file "$CAPTION_DATASET_CFG" "${cfg[@]}" \
+    -- TRAINER.ZEROSHOTCLIP.PROTOTYPES.ENABLED True
 }
 
 seed_runs() {
   local seed=$1 base="$OUTPUT/$DATASET" variant
   dataset_setup "$DATASET" "$seed"
-  for variant in ${VARIANTS:-plain meanshift noise0.02 noise0.1}; do
+  for variant in ${VARIANTS:-plain zsclip meanshift noise0.02 noise0.1}; do
     case "$variant" in
       plain)
         if [ -f "$REUSE/$DATASET/TaIDPT/seed$seed/results_test.json" ]; then
@@ -58,7 +76,8 @@ seed_runs() {
         fi ;;
       meanshift) variant_run "$base/meanshift/seed$seed" TRAINER.TAIDPT.MEAN_SHIFT True ;;
       noise*) variant_run "$base/$variant/seed$seed" TRAINER.TAIDPT.NOISE_STD "${variant#noise}" ;;
-      *) echo "unknown variant '$variant': plain, meanshift or noise<STD>" >&2; exit 2 ;;
+      zsclip) zeroshot_prototypes "$base/zsclip/seed$seed" ;;
+      *) echo "unknown variant '$variant': plain, meanshift, noise<STD> or zsclip" >&2; exit 2 ;;
     esac
   done
 }

@@ -388,6 +388,8 @@ RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     "TRAINER.*.GL_MERGE_RATE": (0, 1, True, True),
     "TRAINER.ENSEMBLE.RATE": (0, 1, True, True),
     "TRAINER.*.N_CTX": (1, None, True, False),
+    "TRAINER.*.PROTOTYPES.WEIGHT": (0, 1, True, True),
+    "TRAINER.TAIDPT.NOISE_STD": (0, None, True, False),
 }
 
 

@@ -34,6 +34,9 @@ from taidpt.models import (PromptContext, PrecisionStep, Scale, TwoContextModel,
                            load_backbone, spatial_pool)
 from taidpt.models.feature_cache import CaptionFeatureDataset, caption_feature_cache
 from taidpt.models.image_feature_cache import FeatureCacheEvaluation
+from taidpt.models.modality_gap import (ModalityGap, add_modality_gap_cfg, build_modality_gap,
+                                        modality_gap_active)
+from taidpt.models.prototypes import HEADLINE, CaptionPrototypes, add_prototype_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class TaIDPTModel(TwoContextModel):
         self.spatial_scale_image = spatial_scale_image
         self.learn_scale = learn_scale
         self.learn_spatial_scale = learn_spatial_scale
+        self.modality_gap: Optional[ModalityGap] = None  # training-time caption feature bridge
 
     @classmethod
     def from_cfg(cls, cfg: CN, clip_model: nn.Module, classnames: Sequence[str]) -> "TaIDPTModel":
@@ -147,6 +151,8 @@ class TaIDPTModel(TwoContextModel):
         """Captions from their features (SPEC 2; the caption feature cache): tokens ``B x L'``,
         EOS features ``B x D``, token features ``B x L' x D`` -> (global, local) logits
         ``B x C``. Positions whose token id is 0 are masked, whatever features they hold."""
+        if self.modality_gap is not None:
+            eos, sequence = self.modality_gap(eos, sequence)
         return self._logits(eos, sequence.permute(1, 0, 2), padding_mask(tokens, sequence.dtype),
                             self.spatial_temperature(self.spatial_scale_text))
 
@@ -204,12 +210,17 @@ class TaIDPT(FeatureCacheEvaluation, SimpleTrainer):
         c.SPATIAL_SCALE_IMAGE = 40.0  # softmax temperature over image positions
         c.LEARN_SCALE = False  # logit scale exp(temperature) instead of 4.0
         c.LEARN_SPATIAL_SCALE = False  # spatial temperature exp(spatial_T) instead of the above
+        add_modality_gap_cfg(c)  # NOISE_STD, MEAN_SHIFT (taidpt.models.modality_gap)
+        add_prototype_cfg(c)  # PROTOTYPES.* (taidpt.models.prototypes)
 
     def check_cfg(self, cfg: CN) -> None:
         check_precision(cfg.TRAINER.TAIDPT.PREC, "TRAINER.TAIDPT.PREC")
 
     def merge_rate(self) -> float:
         return self.cfg.TRAINER.TAIDPT.GL_MERGE_RATE
+
+    def headline(self) -> Optional[str]:
+        return HEADLINE if self.cfg.TRAINER.TAIDPT.PROTOTYPES.ENABLED else None
 
     @functools.cached_property
     def clip_model(self) -> nn.Module:
@@ -219,6 +230,11 @@ class TaIDPT(FeatureCacheEvaluation, SimpleTrainer):
     def before_train(self) -> None:
         """Build the caption loader (only when training: ``--eval-only`` needs no corpus)."""
         self.train_loader_x = self.build_caption_loader()
+        c = self.cfg.TRAINER.TAIDPT
+        if modality_gap_active(c):
+            self.model.modality_gap = build_modality_gap(
+                self.cfg, c, self.model, self.train_loader_x.dataset.tokens, self.dataset.train_x,
+                self.device)
         super().before_train()
 
     def build_caption_loader(self) -> DataLoader:
@@ -266,10 +282,24 @@ class TaIDPT(FeatureCacheEvaluation, SimpleTrainer):
         self.precision.backward_and_update(self, loss, [self.optim])
         return {"loss": loss.item()}
 
-    def features_inference(self, global_feat: torch.Tensor,
-                           dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(global, local) logits ``B x C``."""
-        return self.model.image_logits(global_feat, dense)
+    def features_inference(self, global_feat: torch.Tensor, dense: torch.Tensor):
+        """(global, local) logits ``B x C``; with ``PROTOTYPES.ENABLED`` the prototype heads."""
+        if self.prototypes is None:
+            return self.model.image_logits(global_feat, dense)
+        return self.prototypes.infer(self.model.image_logits(global_feat, dense), global_feat, dense,
+                                     self.model.logit_scale,
+                                     self.model.spatial_temperature(self.model.spatial_scale_image),
+                                     self.merge_rate())
+
+    @functools.cached_property
+    def prototypes(self) -> Optional[CaptionPrototypes]:
+        """The caption prototypes of the corpus (``PROTOTYPES.ENABLED``), else None."""
+        c = self.cfg.TRAINER.TAIDPT
+        if not c.PROTOTYPES.ENABLED:
+            return None
+        corpus = build_caption_corpus(self.cfg, self.dataset, self.clip_model.context_length)
+        return CaptionPrototypes.from_corpus(c, self.clip_model, corpus.tokens,
+                                             corpus.labels).to(self.device)
 
     def test(self, split: Optional[str] = None) -> dict:
         """Evaluate with the class embeddings computed once."""

@@ -7,7 +7,7 @@ DPT score: the same class embeddings against every dense position, pooled by
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,12 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from taidpt.clip import dense_image_features, encode_text, tokenize
+from taidpt.datasets.captions import build_caption_corpus
 from taidpt.engine.registry import TRAINER_REGISTRY
 from taidpt.engine.trainer import SimpleTrainer
 from taidpt.models import load_backbone, spatial_pool
 from taidpt.models.image_feature_cache import FeatureCacheEvaluation
+from taidpt.models.prototypes import HEADLINE, CaptionPrototypes, add_prototype_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,13 @@ class ZeroshotCLIP(FeatureCacheEvaluation, SimpleTrainer):
         cfg.TRAINER.ZEROSHOTCLIP = CN()
         cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE = "a photo of a {}."
         cfg.TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE = 0.5
+        add_prototype_cfg(cfg.TRAINER.ZEROSHOTCLIP)  # PROTOTYPES.* (taidpt.models.prototypes)
 
     def merge_rate(self) -> float:
         return self.cfg.TRAINER.ZEROSHOTCLIP.GL_MERGE_RATE
+
+    def headline(self) -> Optional[str]:
+        return HEADLINE if self.cfg.TRAINER.ZEROSHOTCLIP.PROTOTYPES.ENABLED else None
 
     def build_model(self) -> None:
         self.clip_model = clip_model = load_backbone(self.cfg)
@@ -76,10 +82,19 @@ class ZeroshotCLIP(FeatureCacheEvaluation, SimpleTrainer):
         self.model = ZeroshotCLIPModel(clip_model, self.classnames,
                                        self.cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE).to(self.device)
         self.register_model("clip", self.model)
+        node = self.cfg.TRAINER.ZEROSHOTCLIP
+        self.prototypes: Optional[CaptionPrototypes] = None
+        if node.PROTOTYPES.ENABLED:
+            corpus = build_caption_corpus(self.cfg, self.dataset, clip_model.context_length)
+            self.prototypes = CaptionPrototypes.from_corpus(node, clip_model, corpus.tokens,
+                                                            corpus.labels).to(self.device)
 
-    def features_inference(self, global_feat: torch.Tensor,
-                           dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model.image_logits(global_feat, dense)
+    def features_inference(self, global_feat: torch.Tensor, dense: torch.Tensor):
+        """(global, dense) logits ``B x C``; with ``PROTOTYPES.ENABLED`` the prototype heads."""
+        if self.prototypes is None:
+            return self.model.image_logits(global_feat, dense)
+        return self.prototypes.infer(self.model.image_logits(global_feat, dense), global_feat, dense,
+                                     self.model.scale, self.model.scale, self.merge_rate())
 
     def save_model(self, *args, **kwargs) -> None:
         """Nothing is trained: no checkpoint."""
