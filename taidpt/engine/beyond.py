@@ -40,6 +40,9 @@ ZSCLIP = "zsclip"
 NOISE = re.compile(r"noise(\d+(?:\.\d+)?)$")
 SEED = re.compile(r"seed(\d+)$")
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+ROWS = ("TaI-DPT", "+ prototypes", "+ noise", "+ mean shift", "+ debiasing (val statistics)",
+        "+ debiasing (transductive)", "best combination", "ZSCLIP", "ZSCLIP + prototypes")
+BASES = {"TaI-DPT": None, "ZSCLIP": None, "ZSCLIP + prototypes": "ZSCLIP"}  # others: TaI-DPT
 
 
 @dataclass
@@ -186,7 +189,7 @@ def markdown(tables: Dict[str, Table]) -> str:
     """Rows: the add-ons; columns: each dataset's test mAP, mean ± std over seeds. Then, per dataset,
     the per-seed test mAP with the choice made on val, the gain over TaI-DPT per seed, whether it
     holds on every seed, and the training time of each variant."""
-    names = list(dict.fromkeys(name for table in tables.values() for name in table.rows))
+    names = [name for name in ROWS if any(name in table.rows for table in tables.values())]
     lines = ["| row | " + " | ".join(f"{d} test mAP" for d in tables) + " |",
              "|---|" + "---|" * len(tables)]
     for name in names:
@@ -194,15 +197,17 @@ def markdown(tables: Dict[str, Table]) -> str:
         lines.append(f"| {name} | " + " | ".join(
             mean_std([c[s].test_map for s in sorted(c)]) for c in cells) + " |")
     for dataset, table in tables.items():
-        base = table.rows["TaI-DPT"]
-        lines += ["", f"### {dataset}", "", "| row | per seed: test mAP (choice on val) | gain over "
-                  "TaI-DPT per seed | better on every seed |", "|---|---|---|---|"]
-        for name, cells in table.rows.items():
+        lines += ["", f"### {dataset}", "", "| row | per seed: test mAP (choice on val) | gain per "
+                  "seed over TaI-DPT (ZSCLIP + prototypes: over ZSCLIP) | better on every seed |",
+                  "|---|---|---|---|"]
+        for name in [n for n in ROWS if n in table.rows]:
+            cells, base_name = table.rows[name], BASES.get(name, "TaI-DPT")
             seeds = sorted(cells)
             per_seed = ", ".join(f"s{s}: {cells[s].test_map:.2f}" + (
                 f" ({cells[s].choice})" if cells[s].choice else "") for s in seeds)
+            base = table.rows.get(base_name, {}) if base_name else {}
             gains = [cells[s].test_map - base[s].test_map for s in seeds if s in base]
-            if name == "TaI-DPT":
+            if not base_name:
                 gain_text = wins = "-"
             else:
                 gain_text = ", ".join(f"{g:+.2f}" for g in gains)
