@@ -198,8 +198,13 @@ def _train(cfg):
 
 
 @pytest.mark.slow  # four short trainings and a resume on the toy world
-def test_noise_zero_and_mean_shift_off_reproduce_taidpt_bit_for_bit(tmp_path, tiny_clip_file):
-    _, plain = _train(_cfg(tmp_path / "a", tiny_clip_file))
+def test_noise_zero_and_mean_shift_off_reproduce_taidpt_bit_for_bit(tmp_path, tiny_clip_file,
+                                                                    monkeypatch):
+    import taidpt.trainers.taidpt as taidpt_trainer
+
+    with monkeypatch.context() as patch:  # the reference: TaI-DPT with the bridge never installed
+        patch.setattr(taidpt_trainer, "modality_gap_active", lambda node: False)
+        _, plain = _train(_cfg(tmp_path / "a", tiny_clip_file))
     zero, explicit = _train(_cfg(tmp_path / "b", tiny_clip_file, "TaIDPT",
                                  "TRAINER.TAIDPT.NOISE_STD", 0.0, "TRAINER.TAIDPT.MEAN_SHIFT", False))
     assert zero.model.modality_gap is None
