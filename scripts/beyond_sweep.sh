@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind `taidpt report --table beyond` / scripts/beyond_table.py (docs/BEYOND.md) on one
+# The runs behind `taidpt report OUTPUT --table beyond` (docs/BEYOND.md) on one
 # dataset and several seeds. Every run is evaluated on test (OUT) and val (OUT/val) with the
 # caption-prototype heads on (TRAINER.TAIDPT.PROTOTYPES.ENABLED: test-time only, training unchanged):
 #   plain      TaI-DPT (trained here, or evaluated from $REUSE/TaIDPT/seed<S> when that run exists:
@@ -12,9 +12,9 @@
 #
 # Environment: OUTPUT (default output/beyond; runs go to OUTPUT/DATASET/<variant>/seed<S>),
 # VARIANTS (run in this order, default "plain zsclip meanshift noise0.02 noise0.1"), REUSE (default
-# OUTPUT), JOBS (seeds at a time, default 1), TABLE (markdown written at the end, default
-# OUTPUT/DATASET/beyond.md) and scripts/image_prompts.sh's DATA, OPTS. Finished runs are skipped,
-# so a rerun resumes.
+# OUTPUT), JOBS (seeds at a time, default 1) and scripts/image_prompts.sh's DATA, OPTS. Finished
+# runs are skipped, so a rerun resumes. It ends with the report of every dataset under OUTPUT
+# (OUTPUT/report/beyond.md).
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
 HERE="$(dirname "$0")"
@@ -23,7 +23,6 @@ source "$HERE/image_prompts.sh"
 DATASET=$1; shift
 REUSE="${REUSE:-$OUTPUT}"
 JOBS="${JOBS:-1}"
-TABLE="${TABLE:-$OUTPUT/$DATASET/beyond.md}"
 PROTOTYPES=(TRAINER.TAIDPT.PROTOTYPES.ENABLED True)
 
 # variant_run DIR [OPTS...]: train TaI-DPT into DIR with OPTS, then evaluate it on val (DIR/val).
@@ -90,4 +89,4 @@ for SEED in "$@"; do
   if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
 done
 wait
-"$PY" "$HERE/beyond_table.py" "$OUTPUT/$DATASET" --output "$TABLE"
+"$PY" -m taidpt.cli report "$OUTPUT" --table beyond

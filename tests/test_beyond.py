@@ -311,6 +311,24 @@ def test_beyond_table_chooses_on_val_and_reports_test(tmp_path):
     assert "| + noise | " in text and "s1: " in text and "(std=0.1)" in text
 
 
+
+def test_report_table_beyond_has_one_column_per_dataset_folder(tmp_path, capsys):
+    from taidpt.cli import main as taidpt_main
+    from taidpt.engine.beyond import build_table, markdown
+
+    for dataset, quality in (("voc2007", 1.0), ("coco2014", 2.0)):
+        for seed in (1, 2):
+            _fake_run(str(tmp_path / dataset), "plain", seed, quality, quality)
+    assert taidpt_main(["report", str(tmp_path), "--table", "beyond"]) == 0
+    expected = markdown({d: build_table(str(tmp_path / d)) for d in ("coco2014", "voc2007")})
+    assert (tmp_path / "report" / "beyond.md").read_text() == expected + "\n"
+    assert expected in capsys.readouterr().out
+    assert "| row | coco2014 test mAP | voc2007 test mAP |" in expected
+    assert taidpt_main(["report", str(tmp_path), "--table", "beyond", "--seeds", "1"]) == 2
+    assert "--seeds does not apply" in capsys.readouterr().err
+    assert taidpt_main(["report", str(tmp_path / "voc2007" / "plain"), "--table", "beyond"]) == 2
+    assert "No sweep runs under" in capsys.readouterr().err
+
 WORLD = ["DATASET.SYNTHETIC.SEED", "1", "DATASET.SYNTHETIC.NUM_PAIRS", "60",
          "DATASET.SYNTHETIC.NUM_CAPTIONS", "160", "DATASET.SYNTHETIC.NUM_TEST", "40",
          "DATASET.SYNTHETIC.NUM_VAL", "30", "DATASET.SYNTHETIC.NUM_TRAIN", "20",
@@ -320,11 +338,12 @@ WORLD = ["DATASET.SYNTHETIC.SEED", "1", "DATASET.SYNTHETIC.NUM_PAIRS", "60",
 @pytest.mark.slow  # ~1-2 min: three 1-epoch trainings, eight evaluations, the table
 def test_beyond_table_of_a_tiny_synthetic_sweep(tmp_path, tiny_clip_file):
     """The sweep's runs (scripts/beyond_sweep.sh's variants, on a tiny world with a random tiny
-    CLIP) and scripts/beyond_table.py end to end: every row filled, every val choice printed."""
+    CLIP) and `taidpt report --table beyond` end to end: every row filled, every val choice
+    printed."""
     import subprocess
     import sys
 
-    from fake_data import REPO, run_train_py
+    from fake_data import REPO, child_env, run_train_py
 
     root = tmp_path / "beyond" / "synthetic"
     flags = ["--dataset-config-file", os.path.join(REPO, "configs/datasets/synthetic.yaml"),
@@ -347,11 +366,12 @@ def test_beyond_table_of_a_tiny_synthetic_sweep(tmp_path, tiny_clip_file):
         run_train_py("--trainer", "ZeroshotCLIP", *flags, "--eval-only", "--output-dir", str(out),
                      *opts, "TRAINER.ZEROSHOTCLIP.PROTOTYPES.ENABLED", "True", "TEST.SPLIT", split,
                      cwd=tmp_path)
-    table = tmp_path / "beyond.md"
-    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "beyond_table.py"),
-                           str(root), "--output", str(table)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    done = subprocess.run([sys.executable, "-m", "taidpt.cli", "report", str(root.parent), "--table",
+                           "beyond"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=child_env())
     assert done.returncode == 0, done.stderr[-3000:]
+    table = root.parent / "report" / "beyond.md"
+    assert table.read_text().strip() in done.stdout
     text = table.read_text()
     for row in ("TaI-DPT", "+ prototypes", "+ noise", "+ mean shift", "+ debiasing (val statistics)",
                 "+ debiasing (transductive)", "best combination", "ZSCLIP", "ZSCLIP + prototypes"):

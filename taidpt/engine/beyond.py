@@ -32,6 +32,7 @@ import numpy as np
 from taidpt.engine.debias import debias
 from taidpt.engine.ensemble import Predictions, check_same_data, load_predictions
 from taidpt.engine.run_records import mean_std, train_seconds
+from taidpt.io import atomic_write
 from taidpt.metrics import mean_average_precision
 
 PLAIN = "plain"
@@ -218,3 +219,26 @@ def markdown(tables: Dict[str, Table]) -> str:
             lines += ["", "| training variant | training time (s, mean over seeds) |", "|---|---|"]
             lines += [f"| {v} | {statistics.mean(t):.0f} |" for v, t in sorted(table.seconds.items())]
     return "\n".join(lines)
+
+
+def dataset_roots(output: str) -> Dict[str, str]:
+    """``{dataset: folder}`` of the sweep folders under ``output``: ``output`` itself when it holds
+    a ``plain`` folder (one dataset), else each subfolder that does (``scripts/beyond_sweep.sh``'s
+    ``OUTPUT``, one folder per dataset)."""
+    if os.path.isdir(os.path.join(output, PLAIN)):
+        return {os.path.basename(os.path.normpath(output)): output}
+    roots = {name: os.path.join(output, name) for name in sorted(os.listdir(output))
+             if os.path.isdir(os.path.join(output, name, PLAIN))} if os.path.isdir(output) else {}
+    if not roots:
+        raise FileNotFoundError(f"No sweep runs under {output}: expected {output}/<dataset>/{PLAIN}/"
+                                "seed<S> (scripts/beyond_sweep.sh DATASET SEED...).")
+    return roots
+
+
+def write_report(output: str, out_dir: str) -> Tuple[str, List[str]]:
+    """``taidpt report OUTPUT --table beyond``: the Markdown of every dataset's table (columns) and
+    the file written into ``out_dir`` (atomically), ``beyond.md``."""
+    text = markdown({name: build_table(root) for name, root in dataset_roots(output).items()})
+    path = os.path.join(out_dir, "beyond.md")
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
+    return text, [path]
