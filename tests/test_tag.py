@@ -166,8 +166,10 @@ def test_tag_scores_equal_the_evaluators(run, tmp_path, capsys):
     assert np.abs(scores - expected).max() < 1e-6
     assert np.ptp(expected) > 1e-3  # the images are told apart
     labels = [r[1].split("|") if r[1] else [] for r in rows]
-    assert labels == [[c for c, s, t in zip(CLASSES, row, val["thresholds_merged"]) if s >= t]
-                      for row in expected]
+    for tags, row in zip(labels, expected):  # a score within 1e-6 of its threshold may go either way
+        for c, s, t in zip(CLASSES, row, val["thresholds_merged"]):
+            assert abs(s - t) <= 1e-6 or (c in tags) == (s >= t), (c, s, t, tags)
+    assert sum(map(len, labels)) > 0 and sum(map(len, labels)) < len(labels) * len(CLASSES)
 
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["head"] == "merged" and record["score"] == "minmax_val"
