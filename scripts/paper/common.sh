@@ -16,7 +16,8 @@
 # Flags: --synthetic (the same loops on the synthetic world of each seed and its tiny CLIP, with
 # the configs/trainers/*/tiny_synthetic.yaml settings and few epochs; the folders are
 # synthetic-<dataset>, the stand-in of each dataset: the same world, NUS-WIDE's with its image
-# spatial temperature 4), --dry-run (print the plan only).
+# spatial temperature 4; synthetic-coco2014 links to synthetic-voc2007, whose runs it would
+# repeat), --dry-run (print the plan only).
 source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"
 CONFIGS="$TAIDPT_ROOT/configs"
 SCRIPT="$(basename "$0" .sh)"
@@ -58,12 +59,20 @@ paper_init() {
 
 # dataset_setup DATASET SEED: sets RUN_ROOT (OUTPUT/<dataset folder>), COMMON (flags and opts of
 # every train.py run), CAPTION_CFG / IMAGE_CFG (dataset YAMLs for caption / image training),
-# CLASSES_KEY / NOVEL / BASE (the Table 2 class subsets), and cfg_of (trainer YAMLs).
+# CLASSES_KEY / NOVEL / BASE (the Table 2 class subsets), SHARED_ROOT, and cfg_of (trainer YAMLs).
+# SHARED_ROOT (--synthetic, NUS-WIDE's stand-in beside VOC2007's): the folder whose trainings
+# this dataset's would repeat (the same world; only the image spatial temperature differs, and
+# only TaI-DPT's evaluation reads it): its TaI-DPT prompts are evaluated with this dataset's
+# settings instead of retrained, and its image-prompt runs are linked.
 dataset_setup() {
   local dataset=$1 seed=$2
   COMMON=(--seed "$seed")
+  SHARED_ROOT=""
   if [ "$SYNTHETIC" = 1 ]; then
     RUN_ROOT="$OUTPUT/synthetic-$dataset"
+    if [ "$dataset" = nuswide ] && [[ " $DATASETS " == *" voc2007 "* ]]; then
+      SHARED_ROOT="$OUTPUT/synthetic-voc2007"
+    fi
     CAPTION_CFG="$CONFIGS/datasets/synthetic.yaml"
     IMAGE_CFG="$CAPTION_CFG"
     CFG_SUFFIX=""
@@ -92,15 +101,35 @@ dataset_setup() {
 }
 
 # for_each_cell FUNCTION: dataset_setup for every seed and dataset of SEEDS x DATASETS (SEED and
-# DATASET set), then FUNCTION, which plans that seed's and dataset's runs.
+# DATASET set), then FUNCTION, which plans that seed's and dataset's runs. With --synthetic, the
+# VOC2007 and MS-COCO stand-ins are the same world with the same settings, so their runs would be
+# the same: when both are in DATASETS, synthetic-coco2014 is a link to synthetic-voc2007 (unless
+# it is already a folder of its own) and only the VOC2007 stand-in's runs are planned.
 for_each_cell() {
-  local plan_cell=$1
+  local plan_cell=$1 datasets=$DATASETS
+  if [ "$SYNTHETIC" = 1 ] && [[ " $DATASETS " == *" voc2007 "* ]]; then  # first: the others share its runs
+    datasets="voc2007 $(echo " $DATASETS " | sed 's/ voc2007 / /g')"
+  fi
   for SEED in $SEEDS; do
-    for DATASET in $DATASETS; do
+    for DATASET in $datasets; do
+      if [ "$SYNTHETIC" = 1 ] && [ "$DATASET" = coco2014 ] && [[ " $DATASETS " == *" voc2007 "* ]] \
+          && link_synthetic_coco; then
+        continue
+      fi
       dataset_setup "$DATASET" "$SEED"
       "$plan_cell"
     done
   done
+}
+
+# link_synthetic_coco: make OUTPUT/synthetic-coco2014 a link to synthetic-voc2007 (false when it
+# is a folder of its own: then it is planned like any other dataset).
+link_synthetic_coco() {
+  local link="$OUTPUT/synthetic-coco2014"
+  if [ -L "$link" ]; then return 0; fi
+  if [ -e "$link" ]; then return 1; fi
+  if [ "$DRY_RUN" != 1 ]; then mkdir -p "$OUTPUT/synthetic-voc2007" && ln -s synthetic-voc2007 "$link"; fi
+  say "synthetic-coco2014: the runs of synthetic-voc2007 (the same world and settings; a link)"
 }
 
 # world_flags KEY VALUE...: the DATASET.SYNTHETIC.* opts as `taidpt synthetic` flags.
@@ -168,29 +197,46 @@ zeroshot_run() {
   plan_eval "$ZS_DIR" ZeroshotCLIP "$CAPTION_CFG" "" test "$@"
 }
 
-# taidpt_run [SETTING [OPTS...]]: TaI-DPT trained on the dataset's captions -> TAIDPT_DIR
-# (SETTING "" is the run shared by Tables 1, 3, 4 and the figures).
+# taidpt_run [SETTING [OPTS...]]: TaI-DPT trained on the dataset's captions -> TAIDPT_DIR, its
+# model in TAIDPT_MODEL (SETTING "" is the run shared by Tables 1, 3, 4 and the figures). With a
+# SHARED_ROOT: the prompts trained there (same setting), evaluated on test into TAIDPT_DIR.
 taidpt_run() {
   local setting=${1:-}
   shift || true
   TAIDPT_DIR="$RUN_ROOT/TaIDPT${setting:+/$setting}/seed$SEED"
-  plan_train "$TAIDPT_DIR" TaIDPT "$CAPTION_CFG" "$@"
+  if [ -n "$SHARED_ROOT" ]; then
+    TAIDPT_MODEL="$SHARED_ROOT${TAIDPT_DIR#"$RUN_ROOT"}"
+    plan_eval "$TAIDPT_DIR" TaIDPT "$CAPTION_CFG" "$TAIDPT_MODEL" test "$@"
+  else
+    TAIDPT_MODEL="$TAIDPT_DIR"
+    plan_train "$TAIDPT_DIR" TaIDPT "$CAPTION_CFG" "$@"
+  fi
 }
 
 # image_run DIR TRAINER [OPTS...]: an image-prompt method trained on the training images -> DIR,
-# then evaluated on val into DIR/val (for the ensemble rate).
+# then evaluated on val into DIR/val (for the ensemble rate). With a SHARED_ROOT: DIR is a link
+# to the same run there.
 image_run() {
   local dir=$1 trainer=$2
   shift 2
+  if [ -n "$SHARED_ROOT" ]; then link_run "$dir"; return; fi
   plan_train "$dir" "$trainer" "$IMAGE_CFG" "$@"
   plan_eval "$dir/val" "$trainer" "$IMAGE_CFG" "$dir" val "$@"
 }
 
-# ensemble_run OTHER_DIR OUT_DIR: TaI-DPT (TAIDPT_DIR) + OTHER_DIR, the rate chosen on val
-# (both evaluated on val with the image dataset's val split), reported on test.
+# link_run DIR: DIR becomes a link to the same run under SHARED_ROOT (kept when it exists).
+link_run() {
+  local dir=$1
+  if [ -e "$dir" ] || [ -L "$dir" ]; then return; fi
+  if [ "$DRY_RUN" != 1 ]; then mkdir -p "$(dirname "$dir")" && ln -sr "$SHARED_ROOT${dir#"$RUN_ROOT"}" "$dir"; fi
+  say "link: $dir -> $SHARED_ROOT${dir#"$RUN_ROOT"} (the same training)"
+}
+
+# ensemble_run OTHER_DIR OUT_DIR: TaI-DPT (TAIDPT_DIR, model TAIDPT_MODEL) + OTHER_DIR, the rate
+# chosen on val (both evaluated on val with the image dataset's val split), reported on test.
 ensemble_run() {
   local other=$1 out=$2
-  plan_eval "$TAIDPT_DIR/val" TaIDPT "$IMAGE_CFG" "$TAIDPT_DIR" val
+  plan_eval "$TAIDPT_DIR/val" TaIDPT "$IMAGE_CFG" "$TAIDPT_MODEL" val
   if [ -f "$out/ensemble.json" ]; then say "done: $out"; return; fi
   # shellcheck disable=SC2086
   plan ensemble "$TAIDPT_DIR/val" "$other/val" --split val --rate $RATES --output-dir "$out"
