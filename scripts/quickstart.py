@@ -5,7 +5,7 @@ through ``train.py``: zero-shot CLIP (global and +DPT), TaI-DPT trained on the w
 only, and a linear probe that uses labelled images (a reference ceiling). Prints one table and
 saves it as Markdown and CSV with a bar chart under ``--output-dir``.
 
-    python scripts/quickstart.py                 # seed 1: ~7 min on 2 CPU cores, ~2 min cached
+    python scripts/quickstart.py                 # seed 1: ~7-14 min on 2 CPU cores, ~2 min cached
     python scripts/quickstart.py --seeds 1 2 3   # mean and std over three worlds
     python scripts/quickstart.py --quick         # a small world (8 classes) and short runs (CI)
 """
