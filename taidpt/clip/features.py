@@ -111,10 +111,28 @@ def dense_image_features(model: CLIP, images: torch.Tensor,
     if not is_resnet(model):
         return _vit_features(model, images)
     fmap = image_feature_map(model, images)
+    if global_positional:
+        pool = model.visual.attnpool
+        dense = pool.c_proj(pool.v_proj(fmap.flatten(2).permute(2, 0, 1)))
+        return attnpool_global(model, fmap, use_positional=True), dense
+    return _attnpool_and_dense(model, fmap)
+
+
+def _attnpool_and_dense(model: CLIP, feature_map: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``B x C_v x h x w`` -> (attention pool without positional embedding ``B x D``, dense
+    ``c_proj(v_proj(F_hw))`` ``hw x B x D``), sharing the value projection of the ``hw`` positions:
+    without the positional embedding the pool's values are exactly the dense path's."""
     pool = model.visual.attnpool
-    x = fmap.flatten(2).permute(2, 0, 1)
-    dense = pool.c_proj(pool.v_proj(x))
-    return attnpool_global(model, fmap, use_positional=global_positional), dense
+    b, c, h, w = feature_map.shape
+    x = feature_map.reshape(b, c, h * w).permute(2, 0, 1)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (1 + hw) x B x C_v: mean token first
+    value = pool.v_proj(x)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # L x B x C_v -> (B * heads) x L x C_v / heads
+        return t.reshape(t.shape[0], b * pool.num_heads, c // pool.num_heads).transpose(0, 1)
+
+    pooled = F.scaled_dot_product_attention(heads(pool.q_proj(x[:1])), heads(pool.k_proj(x)), heads(value))
+    return pool.c_proj(pooled.transpose(0, 1).reshape(b, c)), pool.c_proj(value[1:])
 
 
 def encode_image(model: CLIP, images: torch.Tensor) -> torch.Tensor:
