@@ -22,7 +22,7 @@ cached image features; peak memory; cache sizes) and, last, one summary line::
 ``eval_c80`` is our evaluation time over the image encoder's alone (target <= 1.05); the others
 are speed-ups (targets >= 20, >= 8 and >= 50).
 
-    python scripts/bench.py           # ~6 min on 2 CPU cores
+    python scripts/bench.py           # ~8 min on 2 CPU cores
     python scripts/bench.py --tiny    # tiny CLIP, small batches: the equality checks only
 """
 from __future__ import annotations
@@ -111,6 +111,21 @@ def timed(fn: Callable[[], object], repeats: int, warmup: bool) -> Tuple[float, 
         best = min(best, time.perf_counter() - begin)
     peak = (_status("VmHWM") - start_rss) / 2 ** 20 if start_rss >= 0 else float("nan")
     return best, result, peak
+
+
+def timed_side_by_side(fns: Dict[str, Callable[[], object]],
+                       repeats: int) -> Dict[str, Tuple[float, object, float]]:
+    """:func:`timed` for several functions whose ratio counts, called in turn (after one warm-up
+    call each) so that a machine whose speed drifts slows them alike."""
+    for fn in fns.values():
+        fn()
+    out = {name: (float("inf"), None, 0.0) for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best, _, peak = out[name]
+            t, result, p = timed(fn, 1, warmup=False)
+            out[name] = (min(best, t), result, max(peak, p))
+    return out
 
 
 def _grads(model: TaIDPTModel) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -231,11 +246,13 @@ def bench_eval(model: TaIDPTModel, loader: DataLoader, cache_root: str,
 
     with torch.no_grad():
         ref_time, ref, ref_peak = timed(reference, repeats, warmup=True)
-        alone_time, _, _ = timed(lambda: encode_image(clip, images), repeats, warmup=True)
-        encode_time, _, _ = timed(lambda: extract(images), repeats, warmup=True)
         with model.cached_prompts():
-            fast_time, fast, fast_peak = timed(lambda: model.forward_image(images), repeats, warmup=True)
+            side = timed_side_by_side({"alone": lambda: encode_image(clip, images),
+                                       "encode": lambda: extract(images),
+                                       "fast": lambda: model.forward_image(images)}, repeats)
             reeval_time, again, _ = timed(reevaluate, max(repeats, 10), warmup=True)  # warm-up builds it
+    (alone_time, _, _), (encode_time, _, _), (fast_time, fast, fast_peak) = (
+        side["alone"], side["encode"], side["fast"])
     worst = max(check_equal("eval logits", ref, fast), check_equal("re-eval logits", fast, again))
     n = len(images)
     return {"ref": ref_time / n, "fast": fast_time / n, "alone": alone_time / n,
