@@ -21,7 +21,9 @@ def _limit_cpu():
 @pytest.mark.slow
 def test_quickstart_quick_completes_and_writes_the_table(tmp_path):
     out = tmp_path / "qs"
-    env = dict(os.environ, TAIDPT_OFFLINE="1", TAIDPT_CACHE=str(tmp_path / "cache"))
+    # $TAIDPT_CACHE: the session's cache (conftest), where test_synthetic's pretrained-CLIP test
+    # uses (or builds) the same --quick world and tiny CLIP: one pretraining for both tests.
+    env = dict(os.environ, TAIDPT_OFFLINE="1")
     run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "quickstart.py"), "--quick",
                           "--output-dir", str(out)], env=env, capture_output=True, text=True,
                          preexec_fn=_limit_cpu, timeout=HANG_SECONDS)

@@ -1,5 +1,6 @@
 """The synthetic world: scenes, captions, the cached world, the dataset, tiny-CLIP pretraining."""
 import argparse
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +19,12 @@ from taidpt.datasets.synthetic import (Synthetic, WorldSpec, build_tiny_clip, bu
 from taidpt.datasets.synthetic import captions as caption_module
 from taidpt.datasets.synthetic import scenes as scenes_module, world as world_module
 from taidpt.datasets.synthetic.shapes import SHAPES, object_mask
+from taidpt.config import setup_cfg
 from taidpt.engine.defaults import get_engine_defaults
 from taidpt.metrics import mean_average_precision
 
 VOCAB = load_vocabulary()
+REPO = Path(__file__).resolve().parent.parent
 SMALL = WorldSpec(seed=3, num_pairs=24, num_captions=30, num_test=12, num_val=6, num_train=8)
 
 
@@ -326,21 +329,33 @@ def test_tiny_clip_is_built_once_and_loads(tmp_path, monkeypatch):
     assert build_tiny_clip(spec, str(tmp_path), steps=1) == path
 
 
+def quick_world():
+    """The quickstart's ``--quick`` world (scripts/quickstart.py QUICK_WORLD, seed 1) and its
+    pretraining steps."""
+    spec = importlib.util.spec_from_file_location("quickstart", REPO / "scripts" / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    cfg = setup_cfg(quickstart.DATASET_CFG, opts=["DATASET.SYNTHETIC.SEED", "1", *quickstart.QUICK_WORLD])
+    return WorldSpec.from_cfg(cfg), cfg.DATASET.SYNTHETIC.PRETRAIN_STEPS
+
+
 @pytest.mark.slow
-def test_pretrained_tiny_clip_is_far_above_chance(tmp_path):
-    """A reduced world (8 classes, 6,000 pairs, 200 steps) already recognises its test images."""
-    spec = WorldSpec(seed=5, num_classes=8, num_pairs=6000, num_captions=10, num_test=300, num_val=1,
-                     num_train=1)
-    model = load_clip(str(build_tiny_clip(spec, str(tmp_path), steps=200)))
-    root = build_world(spec, str(tmp_path))
+def test_pretrained_tiny_clip_is_far_above_chance():
+    """The quickstart's reduced world (8 classes, 6,000 pairs, 160 steps) already recognises its
+    test images (chance + 15, the bar test_quickstart sets for the same CLIP through train.py).
+    Built in the session's cache, where test_quickstart's run builds (or reuses) the same world
+    and tiny CLIP: one pretraining for both."""
+    spec, steps = quick_world()
+    model = load_clip(str(build_tiny_clip(spec, steps=steps)))
+    root = build_world(spec)
     lines = (root / "test.txt").read_text().splitlines()
     images = torch.from_numpy(np.stack([np.asarray(Image.open(root / line.split()[0])) for line in lines]))
-    targets = -np.ones((len(lines), 8))
+    targets = -np.ones((len(lines), len(load_vocabulary(spec.num_classes).classes)))
     for i, line in enumerate(lines):
         targets[i, [int(c) for c in line.split()[1:]]] = 1
     with torch.no_grad():
         image = torch.nn.functional.normalize(model.encode_image(normalize_images(images.permute(0, 3, 1, 2))), dim=-1)
-        prompts = tokenize([f"a photo of a {c.name}." for c in load_vocabulary(8).classes], context_length=32)
+        prompts = tokenize([f"a photo of a {c.name}." for c in load_vocabulary(spec.num_classes).classes], context_length=32)
         text = torch.nn.functional.normalize(model.encode_text(prompts), dim=-1)
     zero_shot = mean_average_precision((image @ text.t()).numpy(), targets)
-    assert zero_shot > 100 * (targets == 1).mean() + 20
+    assert zero_shot > 100 * (targets == 1).mean() + 15  # measured 51.3 against 41.0 (fp32 pretraining)
