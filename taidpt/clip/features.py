@@ -56,21 +56,27 @@ def image_feature_map(model: CLIP, images: torch.Tensor) -> torch.Tensor:
 def attnpool_global(model: CLIP, feature_map: torch.Tensor, use_positional: bool) -> torch.Tensor:
     """CLIP's attention pool on ``B x C_v x h x w`` -> ``B x D``; the positional embedding is
     interpolated to ``h x w`` when added (stock CLIP), or left out (TaI-DPT's image side)."""
+    return _attention_pool(model, feature_map, use_positional)[0]
+
+
+def _attention_pool(model: CLIP, feature_map: torch.Tensor,
+                    use_positional: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The attention pool on ``B x C_v x h x w``: (pooled ``B x D``, the values ``(1 + hw) x B x
+    C_v``, mean token first). Without the positional embedding the values of the ``hw`` positions
+    are exactly the dense path's ``v_proj(F_hw)``."""
     pool = model.visual.attnpool
     b, c, h, w = feature_map.shape
     x = feature_map.reshape(b, c, h * w).permute(2, 0, 1)
     x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
     if use_positional:
         x = x + _resize_grid(pool.positional_embedding, h, w)[:, None, :].to(x.dtype)
-    out, _ = F.multi_head_attention_forward(
-        query=x[:1], key=x, value=x, embed_dim_to_check=c, num_heads=pool.num_heads,
-        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
-        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
-        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-        out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-        use_separate_proj_weight=True, training=False, need_weights=False)
-    return out[0]
+    value = pool.v_proj(x)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # L x B x C_v -> (B * heads) x L x C_v / heads
+        return t.reshape(t.shape[0], b * pool.num_heads, c // pool.num_heads).transpose(0, 1)
+
+    pooled = F.scaled_dot_product_attention(heads(pool.q_proj(x[:1])), heads(pool.k_proj(x)), heads(value))
+    return pool.c_proj(pooled.transpose(0, 1).reshape(b, c)), value
 
 
 def _vit_tokens_before_last_block(model: CLIP, images: torch.Tensor) -> torch.Tensor:
@@ -111,28 +117,11 @@ def dense_image_features(model: CLIP, images: torch.Tensor,
     if not is_resnet(model):
         return _vit_features(model, images)
     fmap = image_feature_map(model, images)
-    if global_positional:
-        pool = model.visual.attnpool
-        dense = pool.c_proj(pool.v_proj(fmap.flatten(2).permute(2, 0, 1)))
-        return attnpool_global(model, fmap, use_positional=True), dense
-    return _attnpool_and_dense(model, fmap)
-
-
-def _attnpool_and_dense(model: CLIP, feature_map: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``B x C_v x h x w`` -> (attention pool without positional embedding ``B x D``, dense
-    ``c_proj(v_proj(F_hw))`` ``hw x B x D``), sharing the value projection of the ``hw`` positions:
-    without the positional embedding the pool's values are exactly the dense path's."""
     pool = model.visual.attnpool
-    b, c, h, w = feature_map.shape
-    x = feature_map.reshape(b, c, h * w).permute(2, 0, 1)
-    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (1 + hw) x B x C_v: mean token first
-    value = pool.v_proj(x)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:  # L x B x C_v -> (B * heads) x L x C_v / heads
-        return t.reshape(t.shape[0], b * pool.num_heads, c // pool.num_heads).transpose(0, 1)
-
-    pooled = F.scaled_dot_product_attention(heads(pool.q_proj(x[:1])), heads(pool.k_proj(x)), heads(value))
-    return pool.c_proj(pooled.transpose(0, 1).reshape(b, c)), pool.c_proj(value[1:])
+    pooled, value = _attention_pool(model, fmap, global_positional)
+    if global_positional:  # the pool's values carry the positional embedding: not the dense path's
+        return pooled, pool.c_proj(pool.v_proj(fmap.flatten(2).permute(2, 0, 1)))
+    return pooled, pool.c_proj(value[1:])
 
 
 def encode_image(model: CLIP, images: torch.Tensor) -> torch.Tensor:
