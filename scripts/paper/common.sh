@@ -70,7 +70,7 @@ dataset_setup() {
   SHARED_ROOT=""
   if [ "$SYNTHETIC" = 1 ]; then
     RUN_ROOT="$OUTPUT/synthetic-$dataset"
-    if [ "$dataset" = nuswide ] && [[ " $DATASETS " == *" voc2007 "* ]]; then
+    if [ "$dataset" = nuswide ] && beside_voc_stand_in; then
       SHARED_ROOT="$OUTPUT/synthetic-voc2007"
     fi
     CAPTION_CFG="$CONFIGS/datasets/synthetic.yaml"
@@ -107,19 +107,23 @@ dataset_setup() {
 # it is already a folder of its own) and only the VOC2007 stand-in's runs are planned.
 for_each_cell() {
   local plan_cell=$1 datasets=$DATASETS
-  if [ "$SYNTHETIC" = 1 ] && [[ " $DATASETS " == *" voc2007 "* ]]; then  # first: the others share its runs
+  if beside_voc_stand_in; then  # first: the others share its runs
     datasets="voc2007 $(echo " $DATASETS " | sed 's/ voc2007 / /g')"
   fi
   for SEED in $SEEDS; do
     for DATASET in $datasets; do
-      if [ "$SYNTHETIC" = 1 ] && [ "$DATASET" = coco2014 ] && [[ " $DATASETS " == *" voc2007 "* ]] \
-          && link_synthetic_coco; then
+      if [ "$DATASET" = coco2014 ] && beside_voc_stand_in && link_synthetic_coco; then
         continue
       fi
       dataset_setup "$DATASET" "$SEED"
       "$plan_cell"
     done
   done
+}
+
+# beside_voc_stand_in: true with --synthetic when DATASETS has voc2007 (the stand-in the others share).
+beside_voc_stand_in() {
+  [ "$SYNTHETIC" = 1 ] && [[ " $DATASETS " == *" voc2007 "* ]]
 }
 
 # link_synthetic_coco: make OUTPUT/synthetic-coco2014 a link to synthetic-voc2007 (false when it
